@@ -1,0 +1,3 @@
+"""Deployments of the prefect-seedream flows (see prefect.yaml)."""
+
+__all__: list[str] = []

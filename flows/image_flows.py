@@ -1,0 +1,175 @@
+"""Flows a user runs: generate images from a prompt, or edit images with one instruction.
+
+Each flow checks everything it can before paying (input, credentials, bucket access), creates one
+prediction, waits for it, streams every output to S3, publishes an artifact and returns the
+stored images. If the run is cancelled or crashes, its hooks cancel what is still running.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from pydantic import ValidationError
+
+from blocks.replicate_credentials import ReplicateCredentials
+from blocks.s3_destination import S3Destination
+
+from flows.image_report import publish_report
+from flows.run_hooks import cancel_open_predictions
+from flows.source_images import first_image_size, presign_sources
+from tasks.connections import resolve_credentials, resolve_destination
+from tasks.errors import InvalidInput, StorageFailed
+from tasks.predictions import await_prediction, create_prediction
+from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+from tasks.seedream_settings import get_settings
+from tasks.storage import StoredImage, store_outputs
+
+
+def _build_input(**fields: Any) -> SeedreamInput:
+    clean = {k: v for k, v in fields.items() if v is not None}
+    try:
+        return SeedreamInput(**clean)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid Seedream input: {describe_errors(exc)}") from exc
+
+
+def _check_bucket(destination: S3Destination) -> None:
+    """Fail before paying if the outputs could not be stored."""
+    try:
+        destination.get_client().head_bucket(Bucket=destination.bucket)
+    except Exception as exc:
+        raise StorageFailed(
+            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
+            "S3Destination before generating, or the paid images would be lost",
+            prediction_id=None,
+        ) from exc
+
+
+def run_prediction(
+    request: SeedreamInput,
+    *,
+    credentials: ReplicateCredentials | str | None,
+    destination: S3Destination,
+    key_prefix: str | None,
+    timeout_seconds: float,
+    expected_size: tuple[int, int] | None,
+    title: str,
+) -> list[StoredImage]:
+    """Create, await and store one prediction; the shared body of both flows."""
+    margin = get_settings().cancel_after_margin_seconds
+    started = time.monotonic()
+    prediction = create_prediction(
+        request, credentials=credentials, cancel_after=timeout_seconds + margin
+    )
+    finished = await_prediction(
+        prediction, credentials=credentials, timeout_seconds=timeout_seconds
+    )
+    stored = store_outputs(
+        finished, destination, key_prefix=key_prefix, expected_size=expected_size
+    )
+    publish_report(title, finished, stored, destination, seconds=time.monotonic() - started)
+    return stored
+
+
+@flow(
+    name="generate-images",
+    description="Generates images with Seedream 4 from a text prompt and stores them in S3.",
+    on_cancellation=[cancel_open_predictions],
+    on_crashed=[cancel_open_predictions],
+)
+def generate_images(
+    prompt: str,
+    *,
+    size: str = "2K",
+    aspect_ratio: str = "1:1",
+    width: int | None = None,
+    height: int | None = None,
+    max_images: int = 1,
+    enhance_prompt: bool | None = None,
+    credentials: ReplicateCredentials | str | None = None,
+    destination: S3Destination | str | None = None,
+    key_prefix: str | None = None,
+    timeout_seconds: float = 600,
+) -> list[StoredImage]:
+    """Generate images from `prompt` and store them in S3.
+
+    `max_images > 1` turns on sequential generation; Seedream may return fewer images.
+    `credentials` and `destination` take a block, a saved block's name, or None (settings).
+
+    Example:
+        ```python
+        from flows import generate_images
+
+        images = generate_images("a lighthouse at dawn, oil painting", aspect_ratio="16:9")
+        print([image.uri for image in images])
+        ```
+    """
+    request = _build_input(
+        prompt=prompt, size=size, aspect_ratio=None if size == "custom" else aspect_ratio,
+        width=width, height=height, max_images=max_images, enhance_prompt=enhance_prompt,
+        sequential_image_generation="auto" if max_images > 1 else "disabled",
+    )
+    resolve_credentials(credentials)  # fail now on missing credentials, not after paying
+    target = resolve_destination(destination)
+    _check_bucket(target)
+    return run_prediction(
+        request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
+        title=f"Generated: {prompt}",
+    )
+
+
+@flow(
+    name="edit-image",
+    description="Edits images with one Seedream 4 instruction and stores the results in S3.",
+    on_cancellation=[cancel_open_predictions],
+    on_crashed=[cancel_open_predictions],
+)
+def edit_image(
+    instruction: str,
+    images: list[str],
+    *,
+    size: str = "2K",
+    aspect_ratio: str = "match_input_image",
+    width: int | None = None,
+    height: int | None = None,
+    max_images: int = 1,
+    enhance_prompt: bool | None = None,
+    credentials: ReplicateCredentials | str | None = None,
+    destination: S3Destination | str | None = None,
+    key_prefix: str | None = None,
+    timeout_seconds: float = 600,
+) -> list[StoredImage]:
+    """Apply `instruction` to `images` (s3:// URIs or https URLs) and store the results in S3.
+
+    S3 sources are sent to Replicate as short-lived presigned URLs, never as big data URIs.
+
+    Example:
+        ```python
+        from flows import edit_image
+
+        edited = edit_image("make the sky stormy", ["s3://my-bucket/photos/beach.jpg"])
+        ```
+    """
+    target = resolve_destination(destination)
+    urls = presign_sources(images, target, expires_in=int(timeout_seconds) + 900)
+    request = _build_input(
+        prompt=instruction, image_input=urls, size=size,
+        aspect_ratio=None if size == "custom" else aspect_ratio,
+        width=width, height=height, max_images=max_images, enhance_prompt=enhance_prompt,
+        sequential_image_generation="auto" if max_images > 1 else "disabled",
+    )
+    resolve_credentials(credentials)
+    _check_bucket(target)
+    expected: tuple[int, int] | None
+    try:
+        expected = output_dimensions(request, first_image_size(urls[0]))
+    except ValueError:
+        expected = None  # the source's size could not be read; the output is still checked
+    return run_prediction(
+        request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        timeout_seconds=timeout_seconds, expected_size=expected,
+        title=f"Edited: {instruction}",
+    )

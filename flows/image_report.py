@@ -1,0 +1,67 @@
+"""The artifact a person reads in the Prefect UI: one row per stored image, with links.
+
+Links point at the object (S3 console, or the endpoint's path-style URL), never at a presigned
+URL, so no signature ever lands in an artifact.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from blocks.s3_destination import S3Destination
+    from tasks.prediction_model import Prediction
+    from tasks.storage import StoredImage
+
+
+def object_link(destination: S3Destination, bucket: str, key: str) -> str:
+    """A browsable link to an object that carries no credentials."""
+    if destination.endpoint_url:
+        return f"{destination.endpoint_url.rstrip('/')}/{bucket}/{quote(key)}"
+    return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={quote(key)}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(
+    title: str, prediction: Prediction, stored: list[StoredImage], destination: S3Destination,
+    *, seconds: float,
+) -> str:
+    """Markdown for the stored-images artifact."""
+    predict = prediction.metrics.get("predict_time")
+    lines = [
+        f"### {_cell(title)[:200]}",
+        "",
+        f"Prediction `{prediction.id}` ({prediction.status.value}); "
+        f"{len(stored)} image(s) stored in {seconds:.1f}s"
+        + (f", model time {predict:.1f}s" if isinstance(predict, (int, float)) else "")
+        + ".",
+        "",
+        "| # | Image | Size | Bytes | SHA-256 | Prediction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for image in stored:
+        link = object_link(destination, image.bucket, image.key)
+        lines.append(
+            f"| {image.index} | [{_cell(image.uri)}]({link}) | {image.width}x{image.height} "
+            f"| {image.size_bytes:,} | `{image.sha256[:16]}…` | `{image.prediction_id}` |"
+        )
+    return "\n".join(lines)
+
+
+def publish_report(
+    title: str, prediction: Prediction, stored: list[StoredImage], destination: S3Destination,
+    *, seconds: float,
+) -> None:
+    """Create the markdown artifact in the current flow run (sync path)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=report_markdown(title, prediction, stored, destination, seconds=seconds),
+        key="seedream-images",
+        description=f"Seedream images from prediction {prediction.id}",
+        _sync=True,  # type: ignore[call-arg]
+    )

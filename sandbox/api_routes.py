@@ -1,0 +1,237 @@
+"""The /v1 endpoints: create, get, cancel and list predictions, and the metadata calls.
+
+Each handler takes the app, the request and the path groups, and returns a `Response`;
+authentication, rate limits and injected faults were handled by the router.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from sandbox.config import image_count, parse_go_duration, parse_prefer_wait
+from sandbox.http_types import Request, Response, json_response, problem
+from sandbox.input_images import InputImageError, load_inputs
+from sandbox.model_info import (
+    VERSION_ID,
+    UnknownModel,
+    account_object,
+    model_object,
+    resolve_version,
+)
+from sandbox.prediction_state import PredictionRecord, new_prediction_id
+from sandbox.webhooks import DEFAULT_EVENTS, WEBHOOK_EVENTS
+from tasks.seedream_input import MODEL_SLUG, SeedreamInput, describe_errors, output_dimensions
+
+if TYPE_CHECKING:
+    from sandbox.app import SandboxApp
+
+_BODY_KEYS = frozenset({
+    "version", "input", "webhook", "webhook_completed", "webhook_events_filter", "stream",
+})
+
+
+class _Rejected(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def create_for_model(app: SandboxApp, request: Request, owner: str, name: str) -> Response:
+    """`POST /v1/models/{owner}/{name}/predictions`."""
+    if f"{owner}/{name}" != MODEL_SLUG:
+        return problem(404, f"Model {owner}/{name} not found; the sandbox serves {MODEL_SLUG}",
+                       "Not found")
+    try:
+        body = _json_object(request)
+        if "version" in body:
+            raise _Rejected(problem(422, "version: not allowed on the models endpoint",
+                                    "Invalid input"))
+    except _Rejected as exc:
+        return exc.response
+    return _create(app, request, body, MODEL_SLUG, VERSION_ID)
+
+
+def create_for_version(app: SandboxApp, request: Request) -> Response:
+    """`POST /v1/predictions` with `version` = `owner/name`, `owner/name:<hex>` or `<hex>`."""
+    try:
+        body = _json_object(request)
+    except _Rejected as exc:
+        return exc.response
+    version = body.get("version")
+    if not isinstance(version, str) or not version:
+        return problem(422, "version: required; use 'bytedance/seedream-4'", "Invalid input")
+    try:
+        model, version_id = resolve_version(version)
+    except UnknownModel as exc:
+        return problem(404, f"{exc}; the sandbox serves {MODEL_SLUG}", "Not found")
+    return _create(app, request, body, model, version_id)
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Rejected(problem(400, f"Request body is not valid JSON: {exc}")) from exc
+    if not isinstance(body, dict):
+        raise _Rejected(problem(400, "Request body must be a JSON object"))
+    return body
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    unknown = sorted(set(body) - _BODY_KEYS)
+    if unknown:
+        raise _Rejected(problem(422, f"{unknown[0]}: unknown field in request body",
+                                "Invalid input"))
+    if not isinstance(body.get("input"), dict):
+        raise _Rejected(problem(422, "input: required and must be an object", "Invalid input"))
+    webhook = body.get("webhook")
+    if webhook is not None and (
+        not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))
+    ):
+        raise _Rejected(problem(422, "webhook: must be an http(s) URL", "Invalid input"))
+    events = body.get("webhook_events_filter")
+    if events is not None and (
+        not isinstance(events, list) or not set(events) <= WEBHOOK_EVENTS
+    ):
+        raise _Rejected(problem(
+            422, "webhook_events_filter: must be a list of start, output, logs, completed",
+            "Invalid input"))
+
+
+def _create(
+    app: SandboxApp, request: Request, body: dict[str, Any], model: str, version: str
+) -> Response:
+    try:
+        _check_body(body)
+        wait = parse_prefer_wait(request.headers.get("prefer"))
+        cancel_after = request.headers.get("cancel-after")
+        lifetime = None if cancel_after is None else parse_go_duration(cancel_after)
+    except _Rejected as exc:
+        return exc.response
+    except ValueError as exc:
+        return problem(400, str(exc))
+    try:
+        seedream = SeedreamInput.model_validate(body["input"])
+    except ValidationError as exc:
+        return problem(422, describe_errors(exc), "Invalid input")
+    try:
+        inputs = load_inputs(list(seedream.image_input), app.config.input_fetch_timeout_seconds)
+    except InputImageError as exc:
+        return problem(422, str(exc), "Invalid input")
+    try:
+        width, height = output_dimensions(seedream, inputs[0].size if inputs else None)
+    except ValueError as exc:
+        return problem(422, f"aspect_ratio: {exc}", "Invalid input")
+    cfg = app.config
+    now = app.clock()
+    record = PredictionRecord(
+        id=new_prediction_id(),
+        seq=app.store.next_seq(),
+        model=model,
+        version=version,
+        input=body["input"],
+        request=seedream,
+        width=width,
+        height=height,
+        image_count=image_count(seedream.max_images, seedream.sequential_image_generation,
+                                cfg.auto_image_count),
+        created=now,
+        queue_seconds=cfg.queue_seconds,
+        run_seconds=cfg.run_seconds,
+        deadline=None if lifetime is None else now + lifetime,
+        failure=app.faults.take_interrupt(),
+        webhook=body.get("webhook"),
+        webhook_events=frozenset(body.get("webhook_events_filter") or DEFAULT_EVENTS),
+        sources=[image.data for image in inputs],
+    )
+    if record.failure is not None:
+        app.counters.add("faults_injected")
+    app.store.add(record)
+    app.counters.track(record.id)
+    app.counters.add("creates")
+    app.watch(record)
+    if app.faults.take_drop():
+        app.counters.add("faults_injected")
+        app.counters.add("dropped_responses")
+        return Response(201, drop=True)
+    headers: dict[str, str] = {}
+    if wait is not None:
+        view = app.store.wait(record, float(wait))
+        if not view.terminal:
+            headers["Location"] = f"{app.base_url}/v1/predictions/{record.id}"
+    return json_response(201, app.prediction_json(record), headers)
+
+
+def get_prediction(app: SandboxApp, request: Request, prediction_id: str) -> Response:
+    """`GET /v1/predictions/{id}`."""
+    record = app.store.get(prediction_id)
+    if record is None:
+        return problem(404, f"Prediction {prediction_id} not found", "Not found")
+    app.counters.add("gets", prediction_id=prediction_id)
+    return json_response(200, app.prediction_json(record))
+
+
+def cancel_prediction(app: SandboxApp, request: Request, prediction_id: str) -> Response:
+    """`POST /v1/predictions/{id}/cancel`: idempotent; terminal predictions stay as they are."""
+    record = app.store.cancel(prediction_id)
+    if record is None:
+        return problem(404, f"Prediction {prediction_id} not found", "Not found")
+    app.counters.add("cancels", prediction_id=prediction_id)
+    return json_response(200, app.prediction_json(record))
+
+
+def _iso_param(request: Request, name: str) -> float | None:
+    value = request.param(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {value!r} is not an ISO 8601 date-time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def list_predictions(app: SandboxApp, request: Request) -> Response:
+    """`GET /v1/predictions`: newest first, 100 a page, `cursor`/`created_after`/`created_before`."""
+    try:
+        after = _iso_param(request, "created_after")
+        before = _iso_param(request, "created_before")
+        records, older, newer = app.store.page(request.param("cursor"), after, before)
+    except ValueError as exc:
+        return problem(400, str(exc))
+    keep = {k: v for k, v in request.query.items() if k in ("created_after", "created_before")}
+
+    def link(cursor: str | None) -> str | None:
+        if cursor is None:
+            return None
+        query = urllib.parse.urlencode({**keep, "cursor": [cursor]}, doseq=True)
+        return f"{app.base_url}/v1/predictions?{query}"
+
+    results = [{**app.prediction_json(r), "source": "api"} for r in records]
+    app.counters.add("lists")
+    return json_response(200, {"next": link(older), "previous": link(newer), "results": results})
+
+
+def get_account(app: SandboxApp, request: Request) -> Response:
+    """`GET /v1/account`."""
+    app.counters.add("accounts")
+    return json_response(200, account_object())
+
+
+def get_webhook_secret(app: SandboxApp, request: Request) -> Response:
+    """`GET /v1/webhooks/default/secret`."""
+    return json_response(200, {"key": app.webhook_secret})
+
+
+def get_model(app: SandboxApp, request: Request, owner: str, name: str) -> Response:
+    """`GET /v1/models/{owner}/{name}` (only Seedream 4 exists)."""
+    if f"{owner}/{name}" != MODEL_SLUG:
+        return problem(404, f"Model {owner}/{name} not found", "Not found")
+    return json_response(200, model_object(app.base_url))

@@ -1,0 +1,217 @@
+"""Faults on demand: throttling, server errors, lost responses, failed runs, slow files.
+
+`Faults` is the public switchboard (`sandbox.faults`); the `take_*` methods are what the
+request handlers call to learn whether the current call must misbehave. All of it is
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sandbox.prediction_state import INTERRUPTED
+
+ROUTES = frozenset({"create", "get", "cancel", "list", "files", "account"})
+# Methods the admin endpoint may call, by name, with JSON keyword arguments.
+ADMIN_ACTIONS = frozenset({
+    "rate_limit_creates", "fail_next", "error_share", "drop_create_responses",
+    "interrupt_predictions", "slow_downloads", "expire_outputs", "clear",
+})
+
+ExpireHook = Callable[[str | None, float | None], None]
+
+
+def _check_route(route: str) -> None:
+    if route not in ROUTES:
+        raise ValueError(f"unknown route {route!r}; use one of {', '.join(sorted(ROUTES))}")
+
+
+def _check_status(status: int) -> None:
+    if not 400 <= status <= 599:
+        raise ValueError(f"status {status} is not an error status (400..599)")
+
+
+class Faults:
+    """Switches that make the next calls fail the way Replicate sometimes does.
+
+    Args:
+        expire: Called by `expire_outputs`; owned by the sandbox.
+        seed: Seed of the random source behind `error_share`.
+    """
+
+    def __init__(self, expire: ExpireHook, seed: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._expire = expire
+        self._random = random.Random(seed)
+        self._rate_limited = 0
+        self._retry_after = 1
+        self._fail_next: dict[str, list[tuple[int, int]]] = {}
+        self._share = 0.0
+        self._share_status = 500
+        self._share_routes: frozenset[str] = ROUTES
+        self._drops = 0
+        self._interrupts: list[str] = []
+        self._bytes_per_second: float | None = None
+
+    def rate_limit_creates(self, n: int, retry_after: int = 1) -> None:
+        """Answer the next `n` creates with 429 and `Retry-After: retry_after`.
+
+        Args:
+            n: How many creates to throttle.
+            retry_after: Seconds announced in the `Retry-After` header and the detail.
+        """
+        with self._lock:
+            self._rate_limited = max(0, int(n))
+            self._retry_after = max(0, int(retry_after))
+
+    def fail_next(self, route: str, n: int, status: int = 503) -> None:
+        """Answer the next `n` calls of `route` with `status` (queued after earlier ones).
+
+        Args:
+            route: One of create, get, cancel, list, files, account.
+            n: How many calls fail.
+            status: HTTP status to answer with.
+        """
+        _check_route(route)
+        _check_status(status)
+        with self._lock:
+            self._fail_next.setdefault(route, []).append((int(status), int(n)))
+
+    def error_share(
+        self, share: float, status: int = 500, routes: Iterable[str] | None = None
+    ) -> None:
+        """Answer a random `share` (0..1) of calls with `status`.
+
+        Args:
+            share: Probability that a call fails; 0 turns this off.
+            status: HTTP status to answer with, typically 500 or 503.
+            routes: Routes affected; None means all of them.
+        """
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("share must be within 0..1")
+        _check_status(status)
+        chosen = ROUTES if routes is None else frozenset(routes)
+        for route in chosen:
+            _check_route(route)
+        with self._lock:
+            self._share, self._share_status, self._share_routes = float(share), status, chosen
+
+    def drop_create_responses(self, n: int) -> None:
+        """Create the next `n` predictions but close the socket instead of answering."""
+        with self._lock:
+            self._drops = max(0, int(n))
+
+    def interrupt_predictions(self, n: int, error: str | None = None) -> None:
+        """Make the next `n` predictions created end `failed` with `error`.
+
+        Args:
+            n: How many predictions fail.
+            error: The error message; None means the transient PA interruption.
+        """
+        with self._lock:
+            self._interrupts.extend([error or INTERRUPTED] * max(0, int(n)))
+
+    def slow_downloads(self, bytes_per_second: float | None) -> None:
+        """Throttle output downloads to `bytes_per_second`; None serves at full speed."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be > 0 or None")
+        with self._lock:
+            self._bytes_per_second = bytes_per_second
+
+    def expire_outputs(
+        self, prediction_id: str | None = None, after_seconds: float | None = None
+    ) -> None:
+        """Remove outputs early.
+
+        Args:
+            prediction_id: Only this prediction; None means every prediction.
+            after_seconds: None removes the data now. With a prediction id, removes it
+                that many seconds from now; without one, sets the retention of every
+                prediction (seconds after completion).
+
+        Raises:
+            KeyError: The prediction does not exist.
+        """
+        self._expire(prediction_id, after_seconds)
+
+    def clear(self) -> None:
+        """Turn every fault off (retention is config, see `Sandbox.configure`)."""
+        with self._lock:
+            self._rate_limited = 0
+            self._fail_next = {}
+            self._share = 0.0
+            self._share_routes = ROUTES
+            self._drops = 0
+            self._interrupts = []
+            self._bytes_per_second = None
+
+    def apply(self, action: str, arguments: dict[str, Any]) -> None:
+        """Call the fault method named `action` with keyword `arguments` (admin endpoint).
+
+        Raises:
+            ValueError: `action` is not a fault method.
+        """
+        if action not in ADMIN_ACTIONS:
+            raise ValueError(f"unknown fault {action!r}; use one of {', '.join(sorted(ADMIN_ACTIONS))}")
+        getattr(self, action)(**arguments)
+
+    def state(self) -> dict[str, Any]:
+        """The active faults as a JSON-ready dict."""
+        with self._lock:
+            return {
+                "rate_limit_creates": {"n": self._rate_limited, "retry_after": self._retry_after},
+                "fail_next": {r: [list(q) for q in qs] for r, qs in self._fail_next.items() if qs},
+                "error_share": {"share": self._share, "status": self._share_status,
+                                "routes": sorted(self._share_routes)},
+                "drop_create_responses": self._drops,
+                "interrupt_predictions": list(self._interrupts),
+                "slow_downloads": self._bytes_per_second,
+            }
+
+    # Called by the request handlers.
+
+    def take_create_throttle(self) -> int | None:
+        """Retry-After seconds if this create must answer 429, else None."""
+        with self._lock:
+            if self._rate_limited <= 0:
+                return None
+            self._rate_limited -= 1
+            return self._retry_after
+
+    def take_error(self, route: str) -> int | None:
+        """The status this call of `route` must answer with, else None."""
+        with self._lock:
+            queue = self._fail_next.get(route)
+            if queue:
+                status, left = queue[0]
+                if left <= 1:
+                    queue.pop(0)
+                else:
+                    queue[0] = (status, left - 1)
+                return status
+            if route in self._share_routes and self._share > 0 and (
+                self._random.random() < self._share
+            ):
+                return self._share_status
+            return None
+
+    def take_drop(self) -> bool:
+        """True if this create's response must be lost."""
+        with self._lock:
+            if self._drops <= 0:
+                return False
+            self._drops -= 1
+            return True
+
+    def take_interrupt(self) -> str | None:
+        """The error this new prediction must fail with, else None."""
+        with self._lock:
+            return self._interrupts.pop(0) if self._interrupts else None
+
+    def download_rate(self) -> float | None:
+        """Bytes per second for downloads, or None for full speed."""
+        with self._lock:
+            return self._bytes_per_second

@@ -1,0 +1,74 @@
+"""Output files (`/files/{id}/{index}.jpg`, no auth) and the prediction web page (`/p/{id}`)."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING
+
+from sandbox.http_types import Request, Response, problem
+from sandbox.rendering import render_jpeg
+
+if TYPE_CHECKING:
+    from sandbox.app import SandboxApp
+
+_FILE = re.compile(r"^/files/([a-z0-9]+)/(\d+)\.jpg$")
+_PAGE = re.compile(r"^/p/([a-z0-9]+)$")
+
+
+def handle(app: SandboxApp, request: Request) -> Response:
+    """Serve an output file or a prediction page."""
+    if request.method not in ("GET", "HEAD"):
+        return problem(405, f"Method {request.method} not allowed", "Method not allowed")
+    page = _PAGE.match(request.path)
+    if page is not None:
+        return _page(app, page.group(1))
+    match = _FILE.match(request.path)
+    if match is None:
+        return problem(404, f"No file at {request.path}", "Not found")
+    app.counters.request("files")
+    status = app.faults.take_error("files")
+    if status is not None:
+        app.counters.add("faults_injected")
+        return problem(status, "Injected by the sandbox on route 'files'; retry later")
+    prediction_id, index = match.group(1), int(match.group(2))
+    record = app.store.get(prediction_id)
+    payload = None if record is None else app.prediction_json(record)
+    if record is None or payload is None or not payload["output"] or index >= record.image_count:
+        detail = "File not found"
+        if payload is not None and payload["data_removed"]:
+            detail = "File not found: the prediction's data was removed after the retention period"
+        return problem(404, detail, "Not found")
+    cfg = app.config
+
+    def render() -> bytes:
+        assert record is not None
+        return render_jpeg(record.width, record.height, record.request.prompt, index,
+                           record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
+
+    data = app.files.get((prediction_id, index), render)
+    app.counters.add("downloads", prediction_id=prediction_id)
+
+    def sent(count: int) -> None:
+        app.counters.add("download_bytes", count, prediction_id=prediction_id)
+
+    return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=3600"},
+                    bytes_per_second=app.faults.download_rate(), on_sent=sent)
+
+
+def _page(app: SandboxApp, prediction_id: str) -> Response:
+    record = app.store.get(prediction_id)
+    if record is None:
+        return problem(404, f"Prediction {prediction_id} not found", "Not found")
+    payload = app.prediction_json(record)
+    images = "".join(
+        f'<p><a href="{html.escape(url)}"><img src="{html.escape(url)}" width="480"></a></p>'
+        for url in payload["output"] or []
+    )
+    body = (
+        f"<!doctype html><title>Prediction {prediction_id}</title>"
+        f"<h1>{html.escape(payload['model'])}: {html.escape(payload['status'])}</h1>"
+        f"<p>{html.escape(record.request.prompt)}</p>{images}"
+        f"<pre>{html.escape(payload['logs'] or '')}{html.escape(payload['error'] or '')}</pre>"
+    )
+    return Response(200, body.encode(), "text/html; charset=utf-8")

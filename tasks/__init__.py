@@ -1,0 +1,72 @@
+"""Prefect tasks for Seedream 4 on Replicate.
+
+Names are re-exported lazily so that `import tasks` (and the CLI's start-up) stays light: Prefect
+is imported only when a task is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.errors import (
+        AuthenticationFailed,
+        CreateOutcomeUnknown,
+        InvalidInput,
+        OutputExpired,
+        OutputInvalid,
+        PredictionAborted,
+        PredictionCanceled,
+        PredictionFailed,
+        PredictionTimedOut,
+        RateLimited,
+        ReplicateUnavailable,
+        SeedreamError,
+        StorageFailed,
+    )
+    from tasks.prediction_model import Prediction, PredictionStatus
+    from tasks.predictions import (
+        await_prediction,
+        cancel_prediction,
+        create_prediction,
+        get_prediction,
+    )
+    from tasks.seedream_input import SeedreamInput
+    from tasks.storage import StoredImage, store_outputs
+
+_EXPORTS: dict[str, str] = {
+    "SeedreamInput": "tasks.seedream_input",
+    "Prediction": "tasks.prediction_model",
+    "PredictionStatus": "tasks.prediction_model",
+    "create_prediction": "tasks.predictions",
+    "get_prediction": "tasks.predictions",
+    "await_prediction": "tasks.predictions",
+    "cancel_prediction": "tasks.predictions",
+    "store_outputs": "tasks.storage",
+    "StoredImage": "tasks.storage",
+    **{
+        name: "tasks.errors"
+        for name in (
+            "AuthenticationFailed", "CreateOutcomeUnknown", "InvalidInput", "OutputExpired",
+            "OutputInvalid", "PredictionAborted", "PredictionCanceled", "PredictionFailed",
+            "PredictionTimedOut", "RateLimited", "ReplicateUnavailable", "SeedreamError",
+            "StorageFailed",
+        )
+    },
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,135 @@
+"""Typed errors: one base class, one leaf per thing that happened.
+
+Every error carries the prediction id when one exists, so a person (or a retry policy) can find
+the prediction on Replicate. Messages say what to do next and never contain a token.
+"""
+
+from __future__ import annotations
+
+
+class SeedreamError(Exception):
+    """Base class for every error raised by prefect-seedream."""
+
+    #: Whether retrying the same request can help (used by `retry_condition_fn`).
+    retryable: bool = False
+
+    def __init__(self, message: str, *, prediction_id: str | None = None) -> None:
+        self.prediction_id = prediction_id
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.prediction_id:
+            return f"{self.message} (prediction {self.prediction_id})"
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Prefect pickles exceptions into task states; keep the keyword argument.
+        return (_rebuild, (type(self), self.message, self.prediction_id, self.__dict__))
+
+
+def _rebuild(
+    cls: type[SeedreamError], message: str, prediction_id: str | None, state: dict[str, object]
+) -> SeedreamError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    err.message, err.prediction_id = message, prediction_id
+    return err
+
+
+class InvalidInput(SeedreamError):
+    """The request was refused before anything was paid for (locally or by Replicate's 422)."""
+
+
+class AuthenticationFailed(SeedreamError):
+    """Replicate refused the token (401/403). Check the ReplicateCredentials block."""
+
+
+class RateLimited(SeedreamError):
+    """Replicate kept answering 429 after every retry the policy allowed."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, prediction_id: str | None = None
+    ) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.retry_after = retry_after
+
+
+class ReplicateUnavailable(SeedreamError):
+    """Replicate answered 5xx or could not be reached, and nothing was created."""
+
+    retryable = True
+
+
+class CreateOutcomeUnknown(SeedreamError):
+    """A create's response was lost and the prediction could not be found again.
+
+    Not retried automatically: a retry could pay twice. Check Replicate's dashboard.
+    """
+
+
+class PredictionFailed(SeedreamError):
+    """The model ran and failed; `error` is Replicate's message."""
+
+    def __init__(self, message: str, *, error: str | None, prediction_id: str | None) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.error = error
+
+    @property
+    def interrupted(self) -> bool:
+        """Replicate's transient 'Prediction interrupted; please retry (code: PA)'."""
+        return bool(self.error) and "code: PA" in (self.error or "")
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.interrupted
+
+
+class PredictionCanceled(SeedreamError):
+    """The prediction was canceled while it ran (billed by Replicate)."""
+
+
+class PredictionAborted(SeedreamError):
+    """The prediction's deadline passed before it started (not billed)."""
+
+
+class PredictionTimedOut(SeedreamError):
+    """We stopped waiting; the prediction was cancelled so it does not keep billing."""
+
+
+class OutputExpired(SeedreamError):
+    """Replicate removed the outputs (about an hour after the prediction) before they were stored."""
+
+
+class StorageFailed(SeedreamError):
+    """An output could not be stored in S3 after retries; the prediction is not re-generated."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, prediction_id: str | None, index: int | None = None) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.index = index
+
+
+class OutputInvalid(SeedreamError):
+    """An output is not a decodable image of the requested size."""
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "CreateOutcomeUnknown",
+    "InvalidInput",
+    "OutputExpired",
+    "OutputInvalid",
+    "PredictionAborted",
+    "PredictionCanceled",
+    "PredictionFailed",
+    "PredictionTimedOut",
+    "RateLimited",
+    "ReplicateUnavailable",
+    "SeedreamError",
+    "StorageFailed",
+]

@@ -1,0 +1,136 @@
+"""The one place that talks HTTP to Replicate, through the `replicate` client's own httpx clients.
+
+`ReplicateApi.run` (sync) and `ReplicateApi.arun` (async) drive the protocols in
+`tasks.replicate_protocol`; both send exactly the same requests and make the same decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+
+from tasks.prediction_model import Prediction
+from tasks.replicate_protocol import Note, Protocol, SendFailed, Sleep, Update
+from tasks.replicate_requests import ApiRequest, ApiResponse
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+logger = logging.getLogger("prefect_seedream.replicate")
+
+OnUpdate = Callable[[Prediction], None]
+OnNote = Callable[[str], None]
+
+
+def _response(raw: httpx.Response) -> ApiResponse:
+    try:
+        body: Any = raw.json() if raw.content else None
+    except ValueError:
+        body = None
+    headers = {k.lower(): v for k, v in raw.headers.items()}
+    return ApiResponse(raw.status_code, headers, body)
+
+
+def _send_failed(exc: httpx.TransportError) -> SendFailed:
+    # The exception text names the host at most; it never carries headers or the token.
+    return SendFailed(type(exc).__name__, maybe_sent=not isinstance(exc, _NOT_SENT))
+
+
+def _timeout(request: ApiRequest) -> httpx.Timeout | None:
+    if request.read_timeout is None:
+        return None
+    return httpx.Timeout(10.0, read=request.read_timeout)
+
+
+class ReplicateApi:
+    """Sends requests with a `replicate.Client`'s authenticated httpx clients.
+
+    Using the client's own httpx clients keeps its base URL, token and user agent, while giving
+    this plugin the response headers (`Retry-After`) and raw JSON (`aborted`, `deadline`,
+    `data_removed`) that replicate 1.0.7 drops.
+
+    Example:
+        ```python
+        import replicate
+        from tasks.replicate_api import ReplicateApi
+        from tasks import replicate_protocol as protocol
+
+        api = ReplicateApi(replicate.Client(api_token="r8_...", base_url="http://127.0.0.1:8787"))
+        prediction = api.run(protocol.get("abc123", policy=protocol.RetryPolicy()))
+        ```
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def send(self, request: ApiRequest) -> ApiResponse:
+        kwargs: dict[str, Any] = {"json": request.json, "headers": request.headers}
+        if (timeout := _timeout(request)) is not None:
+            kwargs["timeout"] = timeout
+        raw = self.client._client.request(request.method, request.path, **kwargs)
+        return _response(raw)
+
+    async def asend(self, request: ApiRequest) -> ApiResponse:
+        kwargs: dict[str, Any] = {"json": request.json, "headers": request.headers}
+        if (timeout := _timeout(request)) is not None:
+            kwargs["timeout"] = timeout
+        raw = await self.client._async_client.request(request.method, request.path, **kwargs)
+        return _response(raw)
+
+    def run(
+        self, protocol: Protocol, *, on_update: OnUpdate | None = None, on_note: OnNote | None = None
+    ) -> Any:
+        """Drive a protocol with blocking I/O and return its result."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = protocol.throw(error) if error is not None else protocol.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            if isinstance(op, ApiRequest):
+                try:
+                    reply = self.send(op)
+                except httpx.TransportError as exc:
+                    error = _send_failed(exc)
+            elif isinstance(op, Sleep):
+                time.sleep(max(0.0, op.seconds))
+            else:
+                _emit(op, on_update, on_note)
+
+    async def arun(
+        self, protocol: Protocol, *, on_update: OnUpdate | None = None, on_note: OnNote | None = None
+    ) -> Any:
+        """Drive a protocol on the event loop; never blocks it."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = protocol.throw(error) if error is not None else protocol.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            if isinstance(op, ApiRequest):
+                try:
+                    reply = await self.asend(op)
+                except httpx.TransportError as exc:
+                    error = _send_failed(exc)
+            elif isinstance(op, Sleep):
+                await anyio.sleep(max(0.0, op.seconds))
+            else:
+                _emit(op, on_update, on_note)
+
+
+def _emit(op: Update | Note, on_update: OnUpdate | None, on_note: OnNote | None) -> None:
+    if isinstance(op, Update):
+        if on_update is not None:
+            on_update(op.prediction)
+    elif on_note is not None:
+        on_note(op.message)
+    else:
+        logger.info(op.message)

@@ -1,0 +1,300 @@
+"""The I/O under `store_outputs`: open a source stream, push it through S3, classify failures.
+
+The one place in the plugin that talks to S3 while storing outputs. A source is read chunk by
+chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) and handed to
+boto3's `upload_fileobj` as a non-seekable file, so memory stays at a few 5 MiB upload parts
+per transfer whatever the image size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import httpx
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError
+
+from tasks.image_checks import ImageProbe
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mypy_boto3_s3 import S3Client
+
+#: Network chunk size for downloads; also the granularity of hashing and probing.
+DOWNLOAD_CHUNK = 256 * 1024
+#: 5 MiB is S3's minimum part size; objects below the threshold go up in one PUT.
+PART_SIZE = 5 * 1024 * 1024
+#: At most this many parts of one transfer are in memory at once (read-ahead included).
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=PART_SIZE,
+    multipart_chunksize=PART_SIZE,
+    max_concurrency=2,
+    preferred_transfer_client="classic",
+)
+# boto3's TransferConfig does not take it as an argument, but s3transfer reads it (default 10).
+TRANSFER_CONFIG.max_in_memory_upload_chunks = 2
+_RETRYABLE_S3_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "RequestTimeout",
+     "RequestTimeTooSkewed", "503", "500", "502", "504"}
+)
+
+
+class Transient(Exception):
+    """A failure worth retrying (network, 5xx, truncated transfer); `str()` is log-safe."""
+
+
+class Permanent(Exception):
+    """A failure that retrying cannot fix (403 on the bucket, source 4xx); `str()` is log-safe."""
+
+
+class SourceGone(Exception):
+    """The source URL answered 404 or 410: Replicate has deleted the output."""
+
+
+def redact_url(url: str) -> str:
+    """Return a URL safe to log: no query string, no fragment, no credentials, no data payload.
+
+    Example:
+        ```python
+        from tasks.s3_upload import redact_url
+
+        assert redact_url("https://h/x.jpg?X-Amz-Signature=s") == "https://h/x.jpg"
+        assert redact_url("data:image/png;base64,AAAA") == "data:image/png;base64,<4 chars>"
+        ```
+    """
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        return f"{header[:64]},<{len(payload)} chars>"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _strip_authorization(request: httpx.Request) -> None:
+    # Runs after httpx applied any auth: the Replicate token must never reach a file host.
+    request.headers.pop("Authorization", None)
+
+
+def new_http_client(timeout: float = 30.0) -> httpx.Client:
+    """An httpx client for output files: redirects followed, never an Authorization header."""
+    return httpx.Client(
+        follow_redirects=True,
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        event_hooks={"request": [_strip_authorization], "response": []},
+    )
+
+
+def _data_uri_chunks(url: str) -> Iterator[bytes]:
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise Permanent("Malformed data: URI (no comma).")
+    if not header.endswith(";base64"):
+        yield unquote_to_bytes(payload)
+        return
+    step = DOWNLOAD_CHUNK // 3 * 4  # whole base64 quanta
+    try:
+        for start in range(0, len(payload), step):
+            yield base64.b64decode(payload[start : start + step], validate=True)
+    except binascii.Error as exc:
+        raise Permanent(f"Malformed base64 in data: URI: {exc}.") from None
+
+
+@contextmanager
+def open_source(url: str, http: httpx.Client) -> Iterator[Iterator[bytes]]:
+    """Open an output URL and yield an iterator of its body chunks.
+
+    Raises:
+        SourceGone: The URL answered 404 or 410.
+        Transient: 5xx, 408, 429 or a connection error.
+        Permanent: Another 4xx, or an unsupported or malformed URL.
+    """
+    if url.startswith("data:"):
+        yield _data_uri_chunks(url)
+        return
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise Permanent(f"Unsupported output URL scheme in {redact_url(url)!r}.")
+    safe = redact_url(url)
+    try:
+        with http.stream("GET", url) as response:
+            status = response.status_code
+            if status in (404, 410):
+                raise SourceGone(f"GET {safe} answered {status}.")
+            if status >= 500 or status in (408, 429):
+                raise Transient(f"GET {safe} answered {status}.")
+            if status >= 400:
+                raise Permanent(f"GET {safe} answered {status}.")
+            yield response.iter_bytes(DOWNLOAD_CHUNK)
+    except httpx.TransportError as exc:
+        raise Transient(f"GET {safe} failed: {type(exc).__name__}.") from None
+
+
+class HashingReader:
+    """A read-only, non-seekable file over body chunks that hashes and probes what passes.
+
+    `upload_fileobj` pulls exactly one part at a time from it, so only the parts boto3 holds
+    are ever in memory.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], probe: ImageProbe) -> None:
+        self._chunks = chunks
+        self._probe = probe
+        self._sha = hashlib.sha256()
+        self._buffer = bytearray()
+        self._eof = False
+
+    def _pull(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self._eof = True
+            return False
+        self._probe.feed(chunk)
+        self._sha.update(chunk)
+        self._buffer += chunk
+        return True
+
+    def prefetch_header(self) -> None:
+        """Read ahead until the probe knows type and size (or the stream ends)."""
+        while not self._probe.header_ready and not self._eof:
+            self._pull()
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Return `size` bytes (fewer only at the end of the stream); -1 reads to the end."""
+        while not self._eof and (size is None or size < 0 or len(self._buffer) < size):
+            self._pull()
+        if size is None or size < 0:
+            size = len(self._buffer)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of every byte read so far (all of them, once `read` hit the end)."""
+        return self._sha.hexdigest()
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the source stream ended and every byte was handed out."""
+        return self._eof and not self._buffer
+
+
+def classify_s3_error(exc: BaseException, action: str) -> Exception:
+    """Map a botocore error to `Transient` or `Permanent` with a message safe to log."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = f"S3 {action} failed: {code or status} {error.get('Message', '')}".strip()
+        if status >= 500 or code in _RETRYABLE_S3_CODES:
+            return Transient(message)
+        return Permanent(message + ".")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return Transient(f"S3 {action} failed: {type(exc).__name__}.")
+    return Permanent(f"S3 {action} failed: {exc}.")
+
+
+def head_metadata(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+    """`head_object`, or None if the key does not exist (or cannot be seen without ListBucket)."""
+    try:
+        return dict(client.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status in (403, 404):
+            return None  # S3 answers 403 for a missing key when the caller lacks ListBucket
+        raise classify_s3_error(exc, "head_object") from None
+    except BotoCoreError as exc:
+        raise classify_s3_error(exc, "head_object") from None
+
+
+def upload_then_publish(
+    client: S3Client,
+    *,
+    bucket: str,
+    temp_key: str,
+    final_key: str,
+    reader: HashingReader,
+    content_type: str,
+    finish: Callable[[], dict[str, str]],
+) -> str:
+    """Upload `reader` to `temp_key`, run `finish()`, copy to `final_key`, delete the temp key.
+
+    The final key only ever receives a server-side copy of an object that was uploaded whole
+    and passed `finish()` (which checks the image and returns the metadata). The copy asks S3
+    for a full-object SHA-256 (`ChecksumAlgorithm="SHA256"`) and compares it with the hash taken
+    while streaming; on mismatch the final object is deleted again.
+
+    Returns:
+        The SHA-256 (hex) of the stored bytes.
+    """
+    uploaded = False
+    try:
+        try:
+            client.upload_fileobj(
+                reader,  # type: ignore[arg-type]
+                bucket,
+                temp_key,
+                ExtraArgs={"ContentType": content_type, "ChecksumAlgorithm": "SHA256"},
+                Config=TRANSFER_CONFIG,
+            )
+            uploaded = True
+        except (ClientError, BotoCoreError) as exc:
+            raise classify_s3_error(exc, "upload") from None
+        except httpx.TransportError as exc:
+            raise Transient(f"The download broke off: {type(exc).__name__}.") from None
+        if not reader.exhausted:  # defensive: boto3 must have read everything
+            raise Transient("The upload finished before the download did.")
+        metadata = finish()
+        sha_hex = reader.hexdigest()
+        try:
+            result = client.copy_object(
+                Bucket=bucket,
+                Key=final_key,
+                CopySource={"Bucket": bucket, "Key": temp_key},
+                MetadataDirective="REPLACE",
+                Metadata=metadata,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise classify_s3_error(exc, "copy_object") from None
+        server_sha = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        expected = base64.b64encode(bytes.fromhex(sha_hex)).decode()
+        if server_sha and server_sha != expected:
+            _delete_quietly(client, bucket, final_key)
+            raise Transient("S3's SHA-256 of the stored object differs from the downloaded bytes.")
+        return sha_hex
+    finally:
+        if uploaded:
+            _delete_quietly(client, bucket, temp_key)
+
+
+def _delete_quietly(client: S3Client, bucket: str, key: str) -> None:
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError):
+        pass  # a leftover under `_incomplete/` is harmless; a lifecycle rule can expire it
+
+
+__all__ = [
+    "DOWNLOAD_CHUNK",
+    "PART_SIZE",
+    "TRANSFER_CONFIG",
+    "HashingReader",
+    "Permanent",
+    "SourceGone",
+    "Transient",
+    "classify_s3_error",
+    "head_metadata",
+    "new_http_client",
+    "open_source",
+    "redact_url",
+    "upload_then_publish",
+]

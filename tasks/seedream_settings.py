@@ -1,0 +1,57 @@
+"""Settings for prefect-seedream, read from `SEEDREAM_*` environment variables on demand.
+
+Secrets never live here: tokens and keys belong in blocks.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.seedream_input import MODEL_SLUG
+
+
+class SeedreamSettings(BaseSettings):
+    """Defaults used when a flow or task is not given a value.
+
+    Example:
+        ```python
+        from tasks.seedream_settings import SeedreamSettings
+
+        settings = SeedreamSettings()  # reads SEEDREAM_BUCKET, SEEDREAM_TIMEOUT_SECONDS, ...
+        ```
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SEEDREAM_", extra="ignore")
+
+    credentials_block: str | None = Field(
+        default=None, description="Name of the saved ReplicateCredentials block to use by default."
+    )
+    destination_block: str | None = Field(
+        default=None, description="Name of the saved S3Destination block to use by default."
+    )
+    bucket: str | None = Field(default=None, description="Default S3 bucket for outputs.")
+    prefix: str = Field(default="seedream", description="Default key prefix for outputs.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, R2, a local moto server); None for AWS."
+    )
+    region_name: str | None = Field(default=None, description="AWS region of the bucket.")
+    model: str = Field(default=MODEL_SLUG, description="Replicate model slug.")
+    timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long to wait for a prediction before cancelling it."
+    )
+    cancel_after_margin_seconds: float = Field(
+        default=60.0, ge=0,
+        description="Added to the timeout for the server-side Cancel-After deadline.",
+    )
+    poll_initial_seconds: float = Field(default=0.5, gt=0, description="First poll interval.")
+    poll_max_seconds: float = Field(default=5.0, gt=0, description="Longest poll interval.")
+    create_attempts: int = Field(default=6, ge=1, description="Most create attempts on 429/5xx.")
+    max_rate_limit_wait_seconds: float = Field(
+        default=60.0, gt=0, description="Longest single wait honoured after a 429."
+    )
+
+
+def get_settings() -> SeedreamSettings:
+    """Build the settings now, from the current environment."""
+    return SeedreamSettings()

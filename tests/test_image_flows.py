@@ -1,0 +1,150 @@
+"""The main product path end to end: Prefect flows -> real `replicate` client over HTTP -> the
+sandbox -> bytes streamed into moto's S3 server, checked there."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from blocks import ReplicateCredentials, S3Destination
+from flows import edit_image, generate_images
+from tasks import AuthenticationFailed, InvalidInput, StorageFailed
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def credentials(seedream_sandbox: Any) -> ReplicateCredentials:
+    return ReplicateCredentials(
+        api_token=SecretStr(seedream_sandbox.api_token), base_url=seedream_sandbox.base_url
+    )
+
+
+@pytest.fixture
+def destination(s3_endpoint: str, bucket: str) -> S3Destination:
+    return S3Destination(
+        bucket=bucket, prefix="runs", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key=SecretStr("testing"),
+    )
+
+
+def read_object(s3_client: Any, bucket: str, key: str) -> tuple[bytes, dict[str, Any]]:
+    obj = s3_client.get_object(Bucket=bucket, Key=key)
+    return obj["Body"].read(), obj
+
+
+def test_generate_images_stores_checked_images_in_s3(
+    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any,
+) -> None:
+    state = generate_images(
+        "a red fox in fresh snow", size="1K", aspect_ratio="16:9",
+        credentials=credentials, destination=destination, return_state=True,
+    )
+    images = state.result()
+    assert len(images) == 1
+    image = images[0]
+    data, obj = read_object(s3_client, image.bucket, image.key)
+    assert image.uri == f"s3://{destination.bucket}/{image.key}"
+    assert image.key.startswith(f"runs/{image.prediction_id}/0")
+    assert hashlib.sha256(data).hexdigest() == image.sha256
+    assert len(data) == image.size_bytes
+    assert Image.open(io.BytesIO(data)).size == (1280, 720) == (image.width, image.height)
+    assert obj["ContentType"] == image.content_type == "image/jpeg"
+    metadata = obj["Metadata"]
+    assert metadata["prediction-id"] == image.prediction_id
+    assert "fox" in metadata["prompt"]
+    assert metadata["flow-run-id"] == str(state.state_details.flow_run_id)
+    assert seedream_sandbox.counters()["creates"] == 1
+
+
+def test_sequential_generation_keeps_every_image_even_when_fewer_come_back(
+    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.configure(auto_image_count=3)
+    images = generate_images(
+        "four seasons of one tree", size="1K", max_images=4,
+        credentials=credentials, destination=destination,
+    )
+    assert [image.index for image in images] == [0, 1, 2]
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=destination.bucket)["Contents"]}
+    assert keys == {image.key for image in images}
+    assert seedream_sandbox.counters()["creates"] == 1
+
+
+def test_edit_image_from_an_s3_source(
+    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any,
+) -> None:
+    source = io.BytesIO()
+    Image.new("RGB", (1500, 1000), (30, 120, 200)).save(source, format="JPEG")
+    s3_client.put_object(Bucket=destination.bucket, Key="inputs/beach.jpg",
+                         Body=source.getvalue())
+    images = edit_image(
+        "make the sky stormy", [f"s3://{destination.bucket}/inputs/beach.jpg"], size="1K",
+        credentials=credentials, destination=destination,
+    )
+    assert len(images) == 1
+    data, _ = read_object(s3_client, images[0].bucket, images[0].key)
+    width, height = Image.open(io.BytesIO(data)).size
+    assert abs(width / height - 1.5) < 0.02  # match_input_image kept the source's ratio
+    sent = seedream_sandbox.prediction(images[0].prediction_id)["input"]["image_input"][0]
+    assert sent.startswith(destination.endpoint_url) and "inputs/beach.jpg" in sent
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"size": "8K"},
+        {"aspect_ratio": "5:4"},
+        {"size": "custom", "width": 900, "height": 2000},
+        {"max_images": 16},
+        {"size": "2K", "width": 2048},
+    ],
+)
+def test_invalid_input_is_refused_before_any_request(
+    options: dict[str, Any], credentials: ReplicateCredentials, destination: S3Destination,
+    seedream_sandbox: Any,
+) -> None:
+    with pytest.raises(InvalidInput):
+        generate_images("x", credentials=credentials, destination=destination, **options)
+    counters = seedream_sandbox.counters()
+    assert counters["creates"] == 0 and counters["gets"] == 0
+
+
+def test_edit_of_a_missing_s3_source_is_refused_before_any_request(
+    credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
+) -> None:
+    with pytest.raises(InvalidInput, match="images\\[0\\]"):
+        edit_image("x", [f"s3://{destination.bucket}/nope.jpg"],
+                   credentials=credentials, destination=destination)
+    assert seedream_sandbox.counters()["creates"] == 0
+
+
+def test_unwritable_bucket_is_refused_before_paying(
+    credentials: ReplicateCredentials, s3_endpoint: str, seedream_sandbox: Any,
+) -> None:
+    missing = S3Destination(bucket="no-such-bucket-here", endpoint_url=s3_endpoint,
+                            aws_access_key_id="testing",
+                            aws_secret_access_key=SecretStr("testing"))
+    with pytest.raises(StorageFailed, match="no-such-bucket-here"):
+        generate_images("x", size="1K", credentials=credentials, destination=missing)
+    assert seedream_sandbox.counters()["creates"] == 0
+
+
+def test_bad_token_is_a_clear_error_that_does_not_echo_the_token(
+    seedream_sandbox: Any, destination: S3Destination,
+) -> None:
+    wrong = "r8_wrong_token_0123456789"
+    bad = ReplicateCredentials(api_token=SecretStr(wrong), base_url=seedream_sandbox.base_url)
+    with pytest.raises(AuthenticationFailed) as info:
+        generate_images("x", size="1K", credentials=bad, destination=destination)
+    assert "ReplicateCredentials" in str(info.value)
+    assert wrong not in str(info.value) and wrong not in repr(info.value)
+    assert seedream_sandbox.predictions() == []
