@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +36,7 @@ class LocalS3:
             raise RuntimeError(
                 "the local S3 server needs moto: pip install 'prefect-seedream[sandbox]'"
             ) from exc
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
