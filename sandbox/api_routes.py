@@ -199,7 +199,7 @@ def _iso_param(request: Request, name: str) -> float | None:
 
 
 def list_predictions(app: SandboxApp, request: Request) -> Response:
-    """`GET /v1/predictions`: newest first, 100 a page, `cursor`/`created_after`/`created_before`."""
+    """`GET /v1/predictions`: newest first, 100 a page; `cursor`, `created_after/before`."""
     try:
         after = _iso_param(request, "created_after")
         before = _iso_param(request, "created_before")

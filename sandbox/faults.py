@@ -155,7 +155,8 @@ class Faults:
             ValueError: `action` is not a fault method.
         """
         if action not in ADMIN_ACTIONS:
-            raise ValueError(f"unknown fault {action!r}; use one of {', '.join(sorted(ADMIN_ACTIONS))}")
+            names = ", ".join(sorted(ADMIN_ACTIONS))
+            raise ValueError(f"unknown fault {action!r}; use one of {names}")
         getattr(self, action)(**arguments)
 
     def state(self) -> dict[str, Any]:

@@ -47,6 +47,8 @@ def handle(app: SandboxApp, request: Request) -> Response:
                            record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
 
     data = app.files.get((prediction_id, index), render)
+    if request.method == "HEAD":
+        return Response(200, data, "image/jpeg")
     app.counters.add("downloads", prediction_id=prediction_id)
 
     def sent(count: int) -> None:

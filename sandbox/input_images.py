@@ -78,7 +78,8 @@ def decode(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
-            return opened.convert("RGB")
+            converted: Image.Image = opened.convert("RGB")
+            return converted
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image ({type(exc).__name__})") from exc
 

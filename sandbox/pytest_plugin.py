@@ -8,19 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import replicate
+from replicate.client import Client
 
 from sandbox.config import SandboxConfig
 from sandbox.server import Sandbox
 
 TEST_TOKEN = "r8_sandbox_test_token"
-_FAST = {"queue_seconds": 0.0, "run_seconds": 0.1, "retention_seconds": 3600.0}
+_FAST: dict[str, float] = {"queue_seconds": 0.0, "run_seconds": 0.1, "retention_seconds": 3600.0}
 
 
 @pytest.fixture(scope="session")
 def seedream_sandbox_server() -> Iterator[Sandbox]:
     """The session's sandbox server (prefer `seedream_sandbox`, which resets it)."""
-    with Sandbox(api_token=TEST_TOKEN, config=SandboxConfig(**_FAST)) as sandbox:
+    config = SandboxConfig().replace(**_FAST)
+    with Sandbox(api_token=TEST_TOKEN, config=config) as sandbox:
         yield sandbox
 
 
@@ -31,7 +32,7 @@ def seedream_sandbox(seedream_sandbox_server: Sandbox) -> Iterator[Sandbox]:
     Example:
         ```python
         def test_generates(seedream_sandbox):
-            client = replicate.Client(api_token=seedream_sandbox.api_token,
+            client = Client(api_token=seedream_sandbox.api_token,
                                       base_url=seedream_sandbox.base_url)
             ...
         ```
@@ -51,15 +52,15 @@ def _defaults_except_timings() -> dict[str, object]:
 
 
 @pytest.fixture
-def seedream_client(seedream_sandbox: Sandbox) -> Iterator[replicate.Client]:
+def seedream_client(seedream_sandbox: Sandbox) -> Iterator[Client]:
     """A real `replicate.Client` pointed at `seedream_sandbox`, closed after the test."""
-    client = replicate.Client(api_token=seedream_sandbox.api_token,
+    client = Client(api_token=seedream_sandbox.api_token,
                               base_url=seedream_sandbox.base_url)
     yield client
     close_client(client)
 
 
-def close_client(client: replicate.Client) -> None:
+def close_client(client: Client) -> None:
     """Close the httpx client inside a `replicate.Client` (1.0.7 has no `close()`)."""
     http_client = getattr(client, "_Client__client", None)
     if http_client is not None:

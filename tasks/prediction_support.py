@@ -1,0 +1,194 @@
+"""What the sync and async prediction tasks share: input checks, the create plan, the wait plan,
+progress logging and outcome mapping. No I/O of its own beyond resolving credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from tasks import prediction_ledger as ledger
+from tasks import replicate_protocol as protocol
+from tasks.connections import _log, replicate_api
+from tasks.errors import InvalidInput, PredictionAborted, PredictionCanceled, PredictionFailed
+from tasks.prediction_model import Prediction, PredictionStatus
+from tasks.replicate_api import ReplicateApi
+from tasks.seedream_input import SeedreamInput, describe_errors
+from tasks.seedream_settings import get_settings
+
+if TYPE_CHECKING:
+    from blocks.replicate_credentials import ReplicateCredentials
+
+# Observed run time of recent predictions per size, so polling stays sparse until they are due.
+_recent_seconds: dict[str, float] = {}
+
+
+def validate_input(input: SeedreamInput | dict[str, Any]) -> SeedreamInput:
+    """`input` as a `SeedreamInput`, or `InvalidInput` naming every bad field."""
+    if isinstance(input, SeedreamInput):
+        return input
+    try:
+        return SeedreamInput.model_validate(input)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid Seedream input: {describe_errors(exc)}") from exc
+
+
+def retry_policy() -> protocol.RetryPolicy:
+    settings = get_settings()
+    return protocol.RetryPolicy(
+        max_create_attempts=settings.create_attempts,
+        max_rate_limit_wait=settings.max_rate_limit_wait_seconds,
+    )
+
+
+@dataclass
+class CreatePlan:
+    """Everything a create needs, decided before any request is sent."""
+
+    api: ReplicateApi
+    model: str
+    body: dict[str, Any]
+    entry: str | None  # prediction-ledger entry, inside a flow run
+    options: dict[str, Any]
+    log: Any
+
+    def reattach(self, saved: dict[str, Any]) -> protocol.Protocol:
+        return protocol.get(str(saved["prediction_id"]), policy=retry_policy())
+
+    def create(self) -> protocol.Protocol:
+        return protocol.create(self.model, self.body, now=protocol.utcnow, policy=retry_policy(),
+                               **self.options)
+
+    def reattached(self, prediction: Prediction) -> Prediction:
+        self.log.info("Re-attached to prediction %s (%s); not creating another",
+                      prediction.id, prediction.status.value)
+        return prediction
+
+    def created(self, prediction: Prediction) -> Prediction:
+        if self.entry:
+            ledger.remember(self.entry, prediction.id, prediction.status)
+        self.log.info("Created prediction %s (%s)", prediction.id, prediction.status.value)
+        return prediction
+
+
+def plan_create(
+    input: SeedreamInput | dict[str, Any],
+    credentials: ReplicateCredentials | str | None,
+    *,
+    webhook: str | None,
+    webhook_events_filter: list[str] | None,
+    wait_seconds: int | None,
+    cancel_after: float | None,
+    idempotency_key: str | None,
+) -> CreatePlan:
+    """Validate, resolve credentials and name the ledger entry; raises before any request."""
+    request = validate_input(input)
+    settings = get_settings()
+    api = replicate_api(credentials)
+    body = request.to_request()
+    flow_run_id = ledger.current_flow_run_id()
+    entry = None
+    if flow_run_id:
+        entry = ledger.entry_name(flow_run_id,
+                                  ledger.request_key(settings.model, body, idempotency_key))
+    if cancel_after is None:
+        cancel_after = settings.timeout_seconds + settings.cancel_after_margin_seconds
+    options = {
+        "webhook": webhook, "webhook_events_filter": webhook_events_filter,
+        "wait_seconds": wait_seconds, "cancel_after_seconds": cancel_after or None,
+    }
+    return CreatePlan(api, settings.model, body, entry, options, _log())
+
+
+class Progress:
+    """Logs status changes and new log lines once each."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.status: PredictionStatus | None = None
+        self.logs_seen = 0
+
+    def __call__(self, prediction: Prediction) -> None:
+        if prediction.status != self.status:
+            self.log.info("Prediction %s is %s", prediction.id, prediction.status.value)
+            self.status = prediction.status
+        logs = prediction.logs or ""
+        for line in logs[self.logs_seen:].splitlines():
+            if line.strip():
+                self.log.info("[%s] %s", prediction.id, line.strip())
+        self.logs_seen = len(logs)
+
+
+@dataclass
+class WaitPlan:
+    """A wait: the API, the polling protocol and what to do on the way out."""
+
+    api: ReplicateApi
+    prediction_id: str
+    progress: Progress
+    wait: protocol.Protocol
+
+    def cancel(self) -> protocol.Protocol:
+        return protocol.cancel(self.prediction_id, policy=retry_policy())
+
+    def cancelled(self, result: Prediction | None) -> None:
+        status = result.status if result is not None else PredictionStatus.CANCELED
+        self.progress.log.warning(
+            "Cancelled prediction %s (now %s) because we stopped waiting",
+            self.prediction_id, status.value,
+        )
+        ledger.settle(self.prediction_id, status)
+
+    def cancel_failed(self, exc: BaseException) -> None:
+        self.progress.log.error(
+            "Could not cancel prediction %s: %s; its Cancel-After deadline still applies",
+            self.prediction_id, exc,
+        )
+
+    def finished(self, final: Prediction) -> Prediction:
+        ledger.settle(self.prediction_id, final.status)
+        took = final.metrics.get("total_time") or final.metrics.get("predict_time")
+        if final.status is PredictionStatus.SUCCEEDED and isinstance(took, (int, float)):
+            _recent_seconds[str(final.input.get("size"))] = float(took)
+        return raise_for_outcome(final)
+
+
+def plan_wait(
+    prediction: str | Prediction,
+    credentials: ReplicateCredentials | str | None,
+    timeout_seconds: float | None,
+) -> WaitPlan:
+    prediction_id = prediction if isinstance(prediction, str) else prediction.id
+    settings = get_settings()
+    timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
+    expected = None
+    if not isinstance(prediction, str):
+        expected = _recent_seconds.get(str(prediction.input.get("size")))
+    schedule = protocol.PollSchedule(
+        initial=settings.poll_initial_seconds, max_interval=settings.poll_max_seconds,
+        expected_seconds=expected,
+    )
+    wait = protocol.wait(prediction_id, timeout_seconds=timeout, now=protocol.utcnow,
+                         policy=retry_policy(), schedule=schedule)
+    return WaitPlan(replicate_api(credentials), prediction_id, Progress(_log()), wait)
+
+
+def raise_for_outcome(prediction: Prediction) -> Prediction:
+    """Return a succeeded prediction; raise the typed error for any other terminal state."""
+    status = prediction.status
+    if status is PredictionStatus.FAILED:
+        raise PredictionFailed(
+            f"Seedream failed: {prediction.error or 'no error message'}",
+            error=prediction.error, prediction_id=prediction.id,
+        )
+    if status is PredictionStatus.CANCELED:
+        raise PredictionCanceled("the prediction was canceled while running (billed)",
+                                 prediction_id=prediction.id)
+    if status is PredictionStatus.ABORTED:
+        raise PredictionAborted(
+            "the prediction's deadline passed before it started (not billed); "
+            "raise cancel_after or timeout_seconds if Replicate is queueing",
+            prediction_id=prediction.id,
+        )
+    return prediction

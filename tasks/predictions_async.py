@@ -1,0 +1,130 @@
+"""Async twins of the prediction tasks, for async flows (Prefect's `a`-prefix convention).
+
+They drive the same protocols as the sync tasks with the `replicate` client's async httpx client,
+so awaiting them never blocks the event loop; the few blocking Prefect API calls (loading a
+block, the prediction ledger) run in a worker thread. Cleanup after a cancellation or timeout is
+shielded, so the prediction is cancelled even while the task itself is being cancelled.
+
+Example:
+    ```python
+    import asyncio
+    from prefect import flow
+    from tasks import SeedreamInput
+    from tasks.predictions_async import acreate_prediction, aawait_prediction
+
+    @flow
+    async def many(prompts: list[str]) -> list[str]:
+        async def one(prompt: str) -> str:
+            created = await acreate_prediction(SeedreamInput(prompt=prompt, aspect_ratio="1:1"))
+            return (await aawait_prediction(created)).id
+
+        return await asyncio.gather(*(one(p) for p in prompts))
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio import to_thread
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import prediction_ledger as ledger
+from tasks import replicate_protocol as protocol
+from tasks.connections import replicate_api
+from tasks.prediction_model import Prediction
+from tasks.prediction_support import plan_create, plan_wait, retry_policy
+from tasks.seedream_input import SeedreamInput
+
+if TYPE_CHECKING:
+    from blocks.replicate_credentials import ReplicateCredentials
+
+
+@task(
+    name="Create Seedream prediction",
+    description="Starts one Seedream 4 prediction on Replicate, paid for at most once (async).",
+    cache_policy=NO_CACHE,
+)
+async def acreate_prediction(
+    input: SeedreamInput | dict[str, Any],
+    *,
+    credentials: ReplicateCredentials | str | None = None,
+    webhook: str | None = None,
+    webhook_events_filter: list[str] | None = None,
+    wait_seconds: int | None = None,
+    cancel_after: float | None = None,
+    idempotency_key: str | None = None,
+) -> Prediction:
+    """Async `create_prediction`: same arguments, same guarantees."""
+    plan = await to_thread.run_sync(lambda: plan_create(
+        input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
+        wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
+    ))
+    saved = await to_thread.run_sync(ledger.recall, plan.entry) if plan.entry else None
+    if saved:
+        return plan.reattached(await plan.api.arun(plan.reattach(saved)))
+    created = await plan.api.arun(plan.create(), on_note=plan.log.info)
+    with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
+        return await to_thread.run_sync(plan.created, created)
+
+
+@task(
+    name="Get Seedream prediction",
+    description="Reads a prediction's current state once, without waiting (async).",
+    cache_policy=NO_CACHE,
+)
+async def aget_prediction(
+    prediction_id: str, *, credentials: ReplicateCredentials | str | None = None
+) -> Prediction:
+    """Async `get_prediction`."""
+    api = await to_thread.run_sync(replicate_api, credentials)
+    result: Prediction = await api.arun(protocol.get(prediction_id, policy=retry_policy()))
+    return result
+
+
+@task(
+    name="Await Seedream prediction",
+    description="Polls a prediction until it ends; cancels it if we stop waiting (async).",
+    cache_policy=NO_CACHE,
+)
+async def aawait_prediction(
+    prediction: str | Prediction,
+    *,
+    credentials: ReplicateCredentials | str | None = None,
+    timeout_seconds: float | None = None,
+) -> Prediction:
+    """Async `await_prediction`. Cancelled or timed out, it still cancels the prediction."""
+    plan = await to_thread.run_sync(plan_wait, prediction, credentials, timeout_seconds)
+    try:
+        final: Prediction = await plan.api.arun(plan.wait, on_update=plan.progress,
+                                                on_note=plan.progress.log.info)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            try:
+                result = await plan.api.arun(plan.cancel())
+                await to_thread.run_sync(plan.cancelled, result)
+            except Exception as exc:
+                plan.cancel_failed(exc)
+        raise
+    return await to_thread.run_sync(plan.finished, final)
+
+
+@task(
+    name="Cancel Seedream prediction",
+    description="Cancels a prediction; a finished or unknown one is left as it is (async).",
+    cache_policy=NO_CACHE,
+)
+async def acancel_prediction(
+    prediction_id: str, *, credentials: ReplicateCredentials | str | None = None
+) -> Prediction | None:
+    """Async `cancel_prediction`, idempotent."""
+    api = await to_thread.run_sync(replicate_api, credentials)
+    with anyio.CancelScope(shield=True):
+        result: Prediction | None = await api.arun(
+            protocol.cancel(prediction_id, policy=retry_policy())
+        )
+        if result is not None:
+            await to_thread.run_sync(ledger.settle, result.id, result.status)
+    return result
