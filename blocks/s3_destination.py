@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: Retries for every S3 request: botocore's "standard" mode retries 5xx, throttling and
 #: connection errors with jittered exponential backoff (50 ms base for non-throttling errors).
-_RETRIES: dict[str, Any] = {"mode": "standard", "max_attempts": 5}
+_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 5}
 #: Enough pooled connections for 4 concurrent outputs x a few multipart part uploads each.
 _MAX_POOL_CONNECTIONS = 32
 
@@ -119,7 +119,10 @@ class S3Destination(Block):
     bucket: str = Field(description="The name of the S3 bucket that receives the images.")
     prefix: str = Field(
         default="",
-        description="A key prefix (folder) under which every object is written; empty means the bucket root.",
+        description=(
+            "A key prefix (folder) under which every object is written; "
+            "empty means the bucket root."
+        ),
     )
     region_name: str | None = Field(
         default=None,
@@ -150,7 +153,7 @@ class S3Destination(Block):
 
         Clients are keyed on every field that affects them, built under a lock, and are
         thread-safe, so concurrent uploads share one connection pool (32 connections) and one
-        retry policy (botocore "standard" mode, 5 attempts).
+        retry policy (botocore "standard" mode, 5 attempts in all).
 
         Returns:
             A boto3 S3 client.

@@ -1,15 +1,18 @@
 """The I/O under `store_outputs`: open a source stream, push it through S3, classify failures.
 
 The one place in the plugin that talks to S3 while storing outputs. A source is read chunk by
-chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) and handed to
-boto3's `upload_fileobj` as a non-seekable file, so memory stays at a few 5 MiB upload parts
-per transfer whatever the image size.
+chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) into one reusable
+5 MiB part buffer per transfer and sent with `put_object` (small files) or a multipart upload
+that is aborted on any error. Memory per transfer is one part buffer plus one download chunk,
+whatever the image size. (boto3's `upload_fileobj` on a non-seekable stream holds the
+threshold read-ahead plus several queued parts, about 3-4x as much; see bench/bench_storage.py.)
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import HTTPClientError
 
 from tasks.image_checks import ImageProbe
 
@@ -29,17 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: Network chunk size for downloads; also the granularity of hashing and probing.
 DOWNLOAD_CHUNK = 256 * 1024
-#: 5 MiB is S3's minimum part size; objects below the threshold go up in one PUT.
+#: 5 MiB is S3's minimum part size; smaller objects go up in one PUT.
 PART_SIZE = 5 * 1024 * 1024
-#: At most this many parts of one transfer are in memory at once (read-ahead included).
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=PART_SIZE,
-    multipart_chunksize=PART_SIZE,
-    max_concurrency=2,
-    preferred_transfer_client="classic",
-)
-# boto3's TransferConfig does not take it as an argument, but s3transfer reads it (default 10).
-TRANSFER_CONFIG.max_in_memory_upload_chunks = 2
 _RETRYABLE_S3_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "RequestTimeout",
      "RequestTimeTooSkewed", "503", "500", "502", "504"}
@@ -138,17 +130,13 @@ def open_source(url: str, http: httpx.Client) -> Iterator[Iterator[bytes]]:
 
 
 class HashingReader:
-    """A read-only, non-seekable file over body chunks that hashes and probes what passes.
-
-    `upload_fileobj` pulls exactly one part at a time from it, so only the parts boto3 holds
-    are ever in memory.
-    """
+    """Reads body chunks into caller buffers, hashing and probing every byte on the way."""
 
     def __init__(self, chunks: Iterator[bytes], probe: ImageProbe) -> None:
         self._chunks = chunks
         self._probe = probe
         self._sha = hashlib.sha256()
-        self._buffer = bytearray()
+        self._pending = b""
         self._eof = False
 
     def _pull(self) -> bool:
@@ -158,32 +146,68 @@ class HashingReader:
             return False
         self._probe.feed(chunk)
         self._sha.update(chunk)
-        self._buffer += chunk
+        self._pending += chunk
         return True
 
     def prefetch_header(self) -> None:
         """Read ahead until the probe knows type and size (or the stream ends)."""
-        while not self._probe.header_ready and not self._eof:
-            self._pull()
+        while not self._probe.header_ready and self._pull():
+            pass
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Return `size` bytes (fewer only at the end of the stream); -1 reads to the end."""
-        while not self._eof and (size is None or size < 0 or len(self._buffer) < size):
-            self._pull()
-        if size is None or size < 0:
-            size = len(self._buffer)
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+    def readinto(self, buffer: bytearray) -> int:
+        """Fill `buffer` from the stream; fewer bytes than its length only at the end."""
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(buffer):
+            if not self._pending and not self._pull():
+                break
+            take = min(len(self._pending), len(buffer) - filled)
+            view[filled : filled + take] = self._pending[:take]
+            self._pending = self._pending[take:]
+            filled += take
+        return filled
 
     def hexdigest(self) -> str:
-        """The SHA-256 of every byte read so far (all of them, once `read` hit the end)."""
+        """The SHA-256 of every byte read so far (all of them, once `readinto` hit the end)."""
         return self._sha.hexdigest()
 
     @property
     def exhausted(self) -> bool:
         """Whether the source stream ended and every byte was handed out."""
-        return self._eof and not self._buffer
+        return self._eof and not self._pending
+
+
+def upload_stream(client: S3Client, bucket: str, key: str, reader: HashingReader,
+                  content_type: str) -> None:
+    """Upload everything `reader` yields to `key`, one `PART_SIZE` buffer at a time.
+
+    Each request carries an S3 SHA-256 checksum of its bytes; a multipart upload is aborted
+    on any error, so no partial object ever appears.
+    """
+    buffer = bytearray(PART_SIZE)
+    size = reader.readinto(buffer)
+    common: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumAlgorithm": "SHA256"}
+    if size < PART_SIZE:
+        client.put_object(Body=bytes(buffer[:size]), ContentType=content_type, **common)
+        return
+    upload_id = client.create_multipart_upload(ContentType=content_type, **common)["UploadId"]
+    try:
+        parts: list[dict[str, Any]] = []
+        while size:
+            body = buffer if size == PART_SIZE else bytes(buffer[:size])
+            part = client.upload_part(  # a bytearray body is fine; the stubs are too narrow
+                UploadId=upload_id, PartNumber=len(parts) + 1, Body=body, **common  # type: ignore[arg-type]
+            )
+            parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"],
+                          "ChecksumSHA256": part.get("ChecksumSHA256", "")})
+            size = reader.readinto(buffer)
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
+    except BaseException:
+        # If even the abort fails, an AbortIncompleteMultipartUpload lifecycle rule cleans up.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
 
 
 def classify_s3_error(exc: BaseException, action: str) -> Exception:
@@ -237,19 +261,13 @@ def upload_then_publish(
     uploaded = False
     try:
         try:
-            client.upload_fileobj(
-                reader,  # type: ignore[arg-type]
-                bucket,
-                temp_key,
-                ExtraArgs={"ContentType": content_type, "ChecksumAlgorithm": "SHA256"},
-                Config=TRANSFER_CONFIG,
-            )
-            uploaded = True
+            uploaded = True  # from here on, clean up the temporary key whatever happens
+            upload_stream(client, bucket, temp_key, reader, content_type)
         except (ClientError, BotoCoreError) as exc:
             raise classify_s3_error(exc, "upload") from None
         except httpx.TransportError as exc:
             raise Transient(f"The download broke off: {type(exc).__name__}.") from None
-        if not reader.exhausted:  # defensive: boto3 must have read everything
+        if not reader.exhausted:  # defensive: the upload must have consumed everything
             raise Transient("The upload finished before the download did.")
         metadata = finish()
         sha_hex = reader.hexdigest()
@@ -277,16 +295,14 @@ def upload_then_publish(
 
 
 def _delete_quietly(client: S3Client, bucket: str, key: str) -> None:
-    try:
+    # A leftover under `_incomplete/` is harmless; a lifecycle rule can expire it.
+    with contextlib.suppress(ClientError, BotoCoreError):
         client.delete_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError):
-        pass  # a leftover under `_incomplete/` is harmless; a lifecycle rule can expire it
 
 
 __all__ = [
     "DOWNLOAD_CHUNK",
     "PART_SIZE",
-    "TRANSFER_CONFIG",
     "HashingReader",
     "Permanent",
     "SourceGone",
@@ -296,5 +312,6 @@ __all__ = [
     "new_http_client",
     "open_source",
     "redact_url",
+    "upload_stream",
     "upload_then_publish",
 ]

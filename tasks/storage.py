@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
 
 import httpx
 from prefect import get_run_logger, task
@@ -31,6 +30,13 @@ from pydantic import BaseModel, ConfigDict
 from blocks.s3_destination import S3Destination, join_key_parts
 from tasks.errors import OutputExpired, OutputInvalid, SeedreamError, StorageFailed
 from tasks.image_checks import ImageCheckError, ImageIncomplete, ImageProbe, extension_for
+from tasks.output_keys import (
+    METADATA_LIMIT,
+    build_metadata,
+    encode_prompt,
+    guess_extension,
+    output_key,
+)
 from tasks.prediction_model import Prediction, PredictionStatus
 from tasks.s3_upload import (
     HashingReader,
@@ -47,12 +53,8 @@ from tasks.s3_upload import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mypy_boto3_s3 import S3Client
 
-#: S3 limits user metadata to 2 KB: the UTF-8 bytes of every key and value, summed.
-METADATA_LIMIT = 2048
 #: Default pauses between attempts of one output (3 retries, 3.5 s of waiting).
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
-_EXTENSIONS = ("jpg", "png", "webp", "gif")
-_PROMPT_SAFE = "!'()*,-./:;=?@_~"
 
 _log = logging.getLogger(__name__)
 
@@ -72,121 +74,6 @@ class StoredImage(BaseModel):
     content_type: str
     prediction_id: str
     index: int
-
-
-def output_key(prefix: str, prediction_id: str, index: int, extension: str) -> str:
-    """Return the deterministic key `{prefix}/{prediction_id}/{index}.{extension}`.
-
-    Args:
-        prefix: Key prefix; may be empty, slashes at either end are ignored.
-        prediction_id: The Replicate prediction id (no slashes).
-        index: The output's position in the prediction's output list.
-        extension: `jpg`, `png`, `webp` or `gif` (a leading dot is ignored).
-
-    Example:
-        ```python
-        from tasks.storage import output_key
-
-        assert output_key("runs/", "p1", 0, "jpg") == "runs/p1/0.jpg"
-        assert output_key("", "p1", 2, ".png") == "p1/2.png"
-        ```
-    """
-    ext = extension.lower().lstrip(".")
-    if ext == "jpeg":
-        ext = "jpg"
-    if ext not in _EXTENSIONS:
-        raise ValueError(f"Unsupported image extension {extension!r}; use one of {_EXTENSIONS}.")
-    if not prediction_id or "/" in prediction_id or prediction_id.strip(".") == "":
-        raise ValueError(f"Invalid prediction id for a key: {prediction_id!r}.")
-    if index < 0:
-        raise ValueError(f"Output index must be >= 0, got {index}.")
-    return join_key_parts(prefix, prediction_id, f"{index}.{ext}")
-
-
-def encode_prompt(prompt: str, max_bytes: int) -> tuple[str, bool]:
-    """Percent-encode a prompt into ASCII for S3 metadata, truncated to `max_bytes`.
-
-    S3 user metadata travels as HTTP headers (ASCII only) and is capped at 2 KB in total, so
-    the prompt is UTF-8 percent-encoded (`urllib.parse.unquote` restores it) and cut at a
-    character boundary when too long.
-
-    Returns:
-        `(encoded, truncated)`.
-
-    Example:
-        ```python
-        from urllib.parse import unquote
-        from tasks.storage import encode_prompt
-
-        encoded, truncated = encode_prompt("a café at dusk", 100)
-        assert encoded == "a%20caf%C3%A9%20at%20dusk" and not truncated
-        assert unquote(encoded) == "a café at dusk"
-        ```
-    """
-    pieces: list[str] = []
-    used = 0
-    for char in prompt:
-        piece = quote(char, safe=_PROMPT_SAFE)
-        if used + len(piece) > max_bytes:
-            return "".join(pieces), True
-        pieces.append(piece)
-        used += len(piece)
-    return "".join(pieces), False
-
-
-def build_metadata(
-    prediction: Prediction,
-    index: int,
-    *,
-    sha256: str,
-    width: int,
-    height: int,
-    flow_run_id: str | None,
-) -> dict[str, str]:
-    """Return the S3 user metadata for one output: ASCII, at most `METADATA_LIMIT` bytes.
-
-    Keys: `prediction-id`, `index`, `model`, `sha256`, `width`, `height`, `flow-run-id` (only
-    inside a flow run), `prompt` (percent-encoded) and `prompt-truncated: "true"` when the
-    prompt had to be cut to fit.
-
-    Example:
-        ```python
-        from tasks.prediction_model import Prediction
-        from tasks.storage import build_metadata
-
-        p = Prediction(id="p1", status="succeeded", input={"prompt": "a red fox"})
-        meta = build_metadata(p, 0, sha256="ab" * 32, width=8, height=8, flow_run_id=None)
-        assert meta["prompt"] == "a%20red%20fox" and meta["index"] == "0"
-        ```
-    """
-    meta = {
-        "prediction-id": prediction.id,
-        "index": str(index),
-        "sha256": sha256,
-        "width": str(width),
-        "height": str(height),
-    }
-    if prediction.model:
-        meta["model"] = quote(prediction.model, safe=_PROMPT_SAFE)[:200]
-    if flow_run_id:
-        meta["flow-run-id"] = str(flow_run_id)
-    if prediction.prompt:
-        used = sum(len(k) + len(v) for k, v in meta.items())
-        budget = METADATA_LIMIT - used - len("prompt") - len("prompt-truncated") - len("true")
-        encoded, truncated = encode_prompt(prediction.prompt, max(budget, 0))
-        meta["prompt"] = encoded
-        if truncated:
-            meta["prompt-truncated"] = "true"
-    return meta
-
-
-def _guess_extension(url: str) -> str:
-    """The extension the URL suggests (for the pre-download existence check); `jpg` if none."""
-    if url.startswith("data:"):
-        mediatype = url[5:].split(",", 1)[0].split(";", 1)[0].lower()
-        return {"image/png": "png", "image/webp": "webp", "image/gif": "gif"}.get(mediatype, "jpg")
-    suffix = urlsplit(url).path.rsplit(".", 1)[-1].lower()
-    return {"jpeg": "jpg"}.get(suffix, suffix) if suffix in (*_EXTENSIONS, "jpeg") else "jpg"
 
 
 def _existing(
@@ -213,7 +100,7 @@ def _attempt(
     expected_size: tuple[int, int] | None, flow_run_id: str | None, http: httpx.Client,
 ) -> StoredImage:
     client = destination.get_client()
-    guessed = output_key(key_prefix, prediction.id, index, _guess_extension(url))
+    guessed = output_key(key_prefix, prediction.id, index, guess_extension(url))
     found = _existing(client, destination, guessed, prediction.id, index)
     if found is not None:
         return found
