@@ -6,6 +6,8 @@ the prediction on Replicate. Messages say what to do next and never contain a to
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SeedreamError(Exception):
     """Base class for every error raised by prefect-seedream."""
@@ -118,6 +120,35 @@ class OutputInvalid(SeedreamError):
     """An output is not a decodable image of the requested size."""
 
 
+def is_worth_retrying(exc: BaseException) -> bool:
+    """Whether retrying can help: rate limits, outages, storage hiccups and interrupted
+    predictions yes; invalid input, a refused token or a content-policy failure never."""
+    if isinstance(exc, SeedreamError):
+        return bool(exc.retryable)
+    import httpx
+
+    return isinstance(exc, (httpx.TransportError, ConnectionError))
+
+
+def retry_condition(task: object, task_run: object, state: Any) -> bool:
+    """A ready `retry_condition_fn` for Prefect tasks that call Seedream.
+
+    Example:
+        ```python
+        from prefect import task
+        from tasks.errors import retry_condition
+
+        @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_condition)
+        def make_hero_image(prompt: str) -> None: ...
+        ```
+    """
+    try:
+        state.result()
+    except BaseException as exc:  # the state's exception, re-raised by result()
+        return is_worth_retrying(exc)
+    return False
+
+
 __all__ = [
     "AuthenticationFailed",
     "CreateOutcomeUnknown",
@@ -132,4 +163,6 @@ __all__ = [
     "ReplicateUnavailable",
     "SeedreamError",
     "StorageFailed",
+    "is_worth_retrying",
+    "retry_condition",
 ]

@@ -60,7 +60,16 @@ class CreatePlan:
         return protocol.create(self.model, self.body, now=protocol.utcnow, policy=retry_policy(),
                                **self.options)
 
-    def reattached(self, prediction: Prediction) -> Prediction:
+    def reattached(self, prediction: Prediction) -> Prediction | None:
+        """The saved prediction if it is worth re-attaching to, else None (create anew).
+
+        Running or succeeded: re-attach, never pay twice. Failed, canceled or aborted: that
+        attempt is over, and the retry that brought us here wants a new one.
+        """
+        if prediction.status.is_terminal and prediction.status is not PredictionStatus.SUCCEEDED:
+            self.log.info("Prediction %s from an earlier attempt ended %s; creating a new one",
+                          prediction.id, prediction.status.value)
+            return None
         self.log.info("Re-attached to prediction %s (%s); not creating another",
                       prediction.id, prediction.status.value)
         return prediction

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import prediction_ledger as ledger
 from tasks import replicate_protocol as protocol
+from tasks.concurrency import acquire_create_slot
 from tasks.connections import replicate_api
 from tasks.prediction_model import Prediction
 from tasks.prediction_support import plan_create, plan_wait, retry_policy
@@ -73,8 +74,9 @@ def create_prediction(
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
     )
     saved = ledger.recall(plan.entry) if plan.entry else None
-    if saved:
-        return plan.reattached(plan.api.run(plan.reattach(saved)))
+    if saved and (earlier := plan.reattached(plan.api.run(plan.reattach(saved)))):
+        return earlier
+    acquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
     return plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
 
 

@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import prediction_ledger as ledger
 from tasks import replicate_protocol as protocol
+from tasks.concurrency import aacquire_create_slot
 from tasks.connections import replicate_api
 from tasks.prediction_model import Prediction
 from tasks.prediction_support import plan_create, plan_wait, retry_policy
@@ -63,8 +64,9 @@ async def acreate_prediction(
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
     ))
     saved = await to_thread.run_sync(ledger.recall, plan.entry) if plan.entry else None
-    if saved:
-        return plan.reattached(await plan.api.arun(plan.reattach(saved)))
+    if saved and (earlier := plan.reattached(await plan.api.arun(plan.reattach(saved)))):
+        return earlier
+    await aacquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
     created = await plan.api.arun(plan.create(), on_note=plan.log.info)
     with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
         return await to_thread.run_sync(plan.created, created)

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -64,8 +66,14 @@ class ReplicateApi:
         ```
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, factory: Callable[[], Any] | None = None) -> None:
         self.client = client
+        self._factory = factory
+        # httpx's async pool belongs to one event loop; Prefect runs each async flow run on its
+        # own loop, so each loop gets its own client (weakly keyed: closed loops drop out).
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def send(self, request: ApiRequest) -> ApiResponse:
         kwargs: dict[str, Any] = {"json": request.json, "headers": request.headers}
@@ -78,8 +86,17 @@ class ReplicateApi:
         kwargs: dict[str, Any] = {"json": request.json, "headers": request.headers}
         if (timeout := _timeout(request)) is not None:
             kwargs["timeout"] = timeout
-        raw = await self.client._async_client.request(request.method, request.path, **kwargs)
+        raw = await self._async_http().request(request.method, request.path, **kwargs)
         return _response(raw)
+
+    def _async_http(self) -> httpx.AsyncClient:
+        if self._factory is None:
+            return self.client._async_client  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        client = self._loop_clients.get(loop)
+        if client is None:
+            client = self._loop_clients[loop] = self._factory()
+        return client._async_client  # type: ignore[no-any-return]
 
     def run(
         self, protocol: Protocol, *, on_update: OnUpdate | None = None, on_note: OnNote | None = None

@@ -50,6 +50,10 @@ class SeedreamSettings(BaseSettings):
     max_rate_limit_wait_seconds: float = Field(
         default=60.0, gt=0, description="Longest single wait honoured after a 429."
     )
+    rate_limit_name: str | None = Field(
+        default=None,
+        description="Prefect global rate limit every create takes a slot of (None: off).",
+    )
 
 
 def get_settings() -> SeedreamSettings:

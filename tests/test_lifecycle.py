@@ -1,0 +1,267 @@
+"""Paid once, never left running, nothing lost: each guarantee under a fault injected through
+the sandbox over real HTTP, for the sync tasks and their async twins alike."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prefect import flow
+from pydantic import SecretStr
+
+from blocks import ReplicateCredentials
+from tasks import SeedreamInput
+from tasks.errors import (
+    OutputExpired,
+    PredictionAborted,
+    PredictionFailed,
+    PredictionTimedOut,
+    retry_condition,
+)
+from tasks.predictions import await_prediction, cancel_prediction, create_prediction, get_prediction
+from tasks.predictions_async import (
+    aawait_prediction,
+    acancel_prediction,
+    acreate_prediction,
+    aget_prediction,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+REQUEST = SeedreamInput(prompt="a paper boat", size="1K", aspect_ratio="1:1")
+CONTENT_POLICY = ("The input or output was flagged as sensitive. Please try again with "
+                  "different inputs. (E005)")
+
+
+class Ops:
+    """The prediction tasks, called the sync way or the async way."""
+
+    def __init__(self, mode: str, credentials: ReplicateCredentials) -> None:
+        self.mode, self.credentials = mode, credentials
+
+    def _call(self, sync_task: Any, async_task: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("credentials", self.credentials)
+        if self.mode == "sync":
+            return sync_task(*args, **kwargs)
+        return asyncio.run(async_task(*args, **kwargs))
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(create_prediction, acreate_prediction, *args, **kwargs)
+
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(await_prediction, aawait_prediction, *args, **kwargs)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(cancel_prediction, acancel_prediction, *args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(get_prediction, aget_prediction, *args, **kwargs)
+
+
+@pytest.fixture
+def credentials(seedream_sandbox: Any) -> ReplicateCredentials:
+    return ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
+                                base_url=seedream_sandbox.base_url)
+
+
+@pytest.fixture(params=["sync", "async"])
+def ops(request: pytest.FixtureRequest, credentials: ReplicateCredentials) -> Ops:
+    return Ops(request.param, credentials)
+
+
+def made(sandbox: Any) -> list[dict[str, Any]]:
+    return sandbox.predictions()  # type: ignore[no-any-return]
+
+
+def running(sandbox: Any) -> list[str]:
+    return [p["id"] for p in made(sandbox) if p["status"] in ("starting", "processing")]
+
+
+# --- paid once --------------------------------------------------------------------------------
+
+def test_429_storm_on_create_waits_and_creates_exactly_one(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.faults.rate_limit_creates(3, retry_after=1)
+    prediction = ops.create(REQUEST)
+    assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
+    assert seedream_sandbox.counters()["rate_limited"] == 3
+
+
+def test_5xx_on_create_retries_only_after_finding_nothing(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.faults.fail_next("create", 2, status=503)
+    prediction = ops.create(REQUEST)
+    assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
+
+
+def test_lost_create_response_is_found_again_not_doubled(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.faults.drop_create_responses(1)
+    prediction = ops.create(REQUEST)
+    assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
+    assert seedream_sandbox.counters()["lists"] >= 1
+
+
+def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(
+    credentials: ReplicateCredentials, seedream_sandbox: Any,
+) -> None:
+    attempts: list[str] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def flaky() -> str:
+        prediction = create_prediction(REQUEST, credentials=credentials)
+        attempts.append(prediction.id)
+        if len(attempts) == 1:
+            raise RuntimeError("the flow fails after paying, before storing")
+        return await_prediction(prediction, credentials=credentials).id  # type: ignore[no-any-return]
+
+    final_id = flaky()
+    assert attempts == [final_id, final_id]
+    assert len(made(seedream_sandbox)) == 1
+
+
+def test_retry_after_a_failed_prediction_creates_a_new_one(
+    credentials: ReplicateCredentials, seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.faults.interrupt_predictions(1)
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def retried() -> str:
+        prediction = create_prediction(REQUEST, credentials=credentials)
+        return await_prediction(prediction, credentials=credentials).id  # type: ignore[no-any-return]
+
+    final_id = retried()
+    statuses = sorted(p["status"] for p in made(seedream_sandbox))
+    assert statuses == ["failed", "succeeded"]
+    assert seedream_sandbox.prediction(final_id)["status"] == "succeeded"
+
+
+# --- never left running -----------------------------------------------------------------------
+
+def test_every_create_carries_a_server_side_deadline(ops: Ops, seedream_sandbox: Any) -> None:
+    prediction = ops.create(REQUEST, cancel_after=300)
+    assert seedream_sandbox.prediction(prediction.id)["deadline"] is not None
+
+
+def test_our_timeout_cancels_the_prediction(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.configure(run_seconds=30)
+    prediction = ops.create(REQUEST)
+    with pytest.raises(PredictionTimedOut) as info:
+        ops.wait(prediction, timeout_seconds=1)
+    assert info.value.prediction_id == prediction.id
+    assert seedream_sandbox.prediction(prediction.id)["status"] == "canceled"
+    assert running(seedream_sandbox) == []
+
+
+def test_prefect_task_timeout_cancels_the_prediction(
+    credentials: ReplicateCredentials, seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.configure(run_seconds=30)
+
+    @flow
+    def sync_flow() -> None:
+        prediction = create_prediction(REQUEST, credentials=credentials)
+        await_prediction.with_options(timeout_seconds=1)(prediction, credentials=credentials)
+
+    @flow
+    async def async_flow() -> None:
+        prediction = await acreate_prediction(REQUEST, credentials=credentials,
+                                              idempotency_key="async")
+        await aawait_prediction.with_options(timeout_seconds=1)(prediction,
+                                                                credentials=credentials)
+
+    for run in (sync_flow, lambda: asyncio.run(async_flow())):
+        with pytest.raises(TimeoutError):
+            run()
+    assert len(made(seedream_sandbox)) == 2
+    assert running(seedream_sandbox) == []
+    assert {p["status"] for p in made(seedream_sandbox)} == {"canceled"}
+
+
+def test_deadline_before_start_is_aborted_not_billed(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.configure(queue_seconds=10)
+    prediction = ops.create(REQUEST, cancel_after=1)
+    with pytest.raises(PredictionAborted, match="not billed"):
+        ops.wait(prediction, timeout_seconds=30)
+    assert seedream_sandbox.prediction(prediction.id)["status"] == "aborted"
+
+
+def test_cancel_is_idempotent_and_leaves_finished_predictions_alone(
+    ops: Ops, seedream_sandbox: Any,
+) -> None:
+    finished = ops.wait(ops.create(REQUEST))
+    assert ops.cancel(finished.id).status.value == "succeeded"
+    seedream_sandbox.configure(run_seconds=30)
+    slow = ops.create(REQUEST, idempotency_key="slow")
+    assert ops.cancel(slow.id).status.value == "canceled"
+    assert ops.cancel(slow.id).status.value == "canceled"
+    assert ops.cancel("no-such-prediction") is None
+
+
+# --- nothing lost -----------------------------------------------------------------------------
+
+def test_transient_errors_while_polling_do_not_fail_the_wait(
+    ops: Ops, seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.configure(run_seconds=1.0)
+    prediction = ops.create(REQUEST)
+    seedream_sandbox.faults.fail_next("get", 3, status=503)
+    assert ops.wait(prediction, timeout_seconds=60).status.value == "succeeded"
+
+
+def test_read_right_after_create_sees_aborted_and_deadline(ops: Ops, seedream_sandbox: Any) -> None:
+    seedream_sandbox.configure(queue_seconds=10)
+    prediction = ops.create(REQUEST, cancel_after=1)
+    assert ops.get(prediction.id).deadline is not None
+
+
+def test_expired_outputs_are_a_specific_error(
+    credentials: ReplicateCredentials, seedream_sandbox: Any, s3_endpoint: str, bucket: str,
+) -> None:
+    from blocks import S3Destination
+    from tasks.storage import store_outputs
+
+    finished = await_prediction(create_prediction(REQUEST, credentials=credentials),
+                                credentials=credentials)
+    seedream_sandbox.faults.expire_outputs(prediction_id=finished.id)
+    destination = S3Destination(bucket=bucket, endpoint_url=s3_endpoint,
+                                aws_access_key_id="testing",
+                                aws_secret_access_key=SecretStr("testing"))
+    with pytest.raises(OutputExpired) as info:
+        store_outputs(finished, destination)
+    assert info.value.prediction_id == finished.id
+
+
+# --- typed errors and the retry policy ----------------------------------------------------------
+
+@pytest.mark.parametrize(("message", "retryable"), [(None, True), (CONTENT_POLICY, False)])
+def test_failures_say_whether_a_retry_can_help(
+    ops: Ops, seedream_sandbox: Any, message: str | None, retryable: bool,
+) -> None:
+    seedream_sandbox.faults.interrupt_predictions(1, error=message)
+    with pytest.raises(PredictionFailed) as info:
+        ops.wait(ops.create(REQUEST))
+    assert info.value.retryable is retryable
+    assert info.value.prediction_id
+
+
+def test_retry_condition_retries_interruptions_but_not_content_policy(
+    credentials: ReplicateCredentials, seedream_sandbox: Any,
+) -> None:
+    from prefect import task
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_condition)
+    def make_image(key: str) -> str:
+        prediction = create_prediction(REQUEST, credentials=credentials, idempotency_key=key)
+        return await_prediction(prediction, credentials=credentials).id  # type: ignore[no-any-return]
+
+    @flow
+    def pipeline(key: str) -> str:
+        return make_image(key)  # type: ignore[no-any-return]
+
+    seedream_sandbox.faults.interrupt_predictions(1)
+    assert seedream_sandbox.prediction(pipeline("interrupted"))["status"] == "succeeded"
+    assert len(made(seedream_sandbox)) == 2
+
+    seedream_sandbox.faults.interrupt_predictions(1, error=CONTENT_POLICY)
+    with pytest.raises(PredictionFailed):
+        pipeline("flagged")
+    assert len(made(seedream_sandbox)) == 3  # no retry after a content-policy failure
