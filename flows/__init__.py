@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.image_flows import edit_image, generate_images
+    from flows.image_flows_async import aedit_image, agenerate_images
 
-_EXPORTS = {"generate_images": "flows.image_flows", "edit_image": "flows.image_flows"}
+_EXPORTS = {
+    "generate_images": "flows.image_flows",
+    "edit_image": "flows.image_flows",
+    "agenerate_images": "flows.image_flows_async",
+    "aedit_image": "flows.image_flows_async",
+}
 
 __all__ = sorted(_EXPORTS)
 

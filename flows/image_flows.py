@@ -3,48 +3,25 @@
 Each flow checks everything it can before paying (input, credentials, bucket access), creates one
 prediction, waits for it, streams every output to S3, publishes an artifact and returns the
 stored images. If the run is cancelled or crashes, its hooks cancel what is still running.
+The async twins are in `flows.image_flows_async`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow
-from pydantic import ValidationError
 
 from blocks.replicate_credentials import ReplicateCredentials
 from blocks.s3_destination import S3Destination
-
+from flows.flow_support import build_request, check_bucket, prepare_edit
 from flows.image_report import publish_report
 from flows.run_hooks import cancel_open_predictions
-from flows.source_images import first_image_size, presign_sources
 from tasks.connections import resolve_credentials, resolve_destination
-from tasks.errors import InvalidInput, StorageFailed
 from tasks.predictions import await_prediction, create_prediction
-from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+from tasks.seedream_input import SeedreamInput, output_dimensions
 from tasks.seedream_settings import get_settings
 from tasks.storage import StoredImage, store_outputs
-
-
-def _build_input(**fields: Any) -> SeedreamInput:
-    clean = {k: v for k, v in fields.items() if v is not None}
-    try:
-        return SeedreamInput(**clean)
-    except ValidationError as exc:
-        raise InvalidInput(f"invalid Seedream input: {describe_errors(exc)}") from exc
-
-
-def _check_bucket(destination: S3Destination) -> None:
-    """Fail before paying if the outputs could not be stored."""
-    try:
-        destination.get_client().head_bucket(Bucket=destination.bucket)
-    except Exception as exc:
-        raise StorageFailed(
-            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
-            "S3Destination before generating, or the paid images would be lost",
-            prediction_id=None,
-        ) from exc
 
 
 def run_prediction(
@@ -106,14 +83,13 @@ def generate_images(
         print([image.uri for image in images])
         ```
     """
-    request = _build_input(
-        prompt=prompt, size=size, aspect_ratio=None if size == "custom" else aspect_ratio,
-        width=width, height=height, max_images=max_images, enhance_prompt=enhance_prompt,
-        sequential_image_generation="auto" if max_images > 1 else "disabled",
+    request = build_request(
+        prompt, size=size, aspect_ratio=aspect_ratio, width=width, height=height,
+        max_images=max_images, enhance_prompt=enhance_prompt,
     )
     resolve_credentials(credentials)  # fail now on missing credentials, not after paying
     target = resolve_destination(destination)
-    _check_bucket(target)
+    check_bucket(target)
     return run_prediction(
         request, credentials=credentials, destination=target, key_prefix=key_prefix,
         timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
@@ -154,22 +130,14 @@ def edit_image(
         ```
     """
     target = resolve_destination(destination)
-    urls = presign_sources(images, target, expires_in=int(timeout_seconds) + 900)
-    request = _build_input(
-        prompt=instruction, image_input=urls, size=size,
-        aspect_ratio=None if size == "custom" else aspect_ratio,
-        width=width, height=height, max_images=max_images, enhance_prompt=enhance_prompt,
-        sequential_image_generation="auto" if max_images > 1 else "disabled",
+    request, expected = prepare_edit(
+        instruction, images, target, timeout_seconds=timeout_seconds, size=size,
+        aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
+        enhance_prompt=enhance_prompt,
     )
     resolve_credentials(credentials)
-    _check_bucket(target)
-    expected: tuple[int, int] | None
-    try:
-        expected = output_dimensions(request, first_image_size(urls[0]))
-    except ValueError:
-        expected = None  # the source's size could not be read; the output is still checked
+    check_bucket(target)
     return run_prediction(
         request, credentials=credentials, destination=target, key_prefix=key_prefix,
-        timeout_seconds=timeout_seconds, expected_size=expected,
-        title=f"Edited: {instruction}",
+        timeout_seconds=timeout_seconds, expected_size=expected, title=f"Edited: {instruction}",
     )

@@ -32,8 +32,17 @@ if TYPE_CHECKING:
         create_prediction,
         get_prediction,
     )
+    from tasks.predictions_async import (
+        aawait_prediction,
+        acancel_prediction,
+        acreate_prediction,
+        aget_prediction,
+    )
     from tasks.seedream_input import SeedreamInput
-    from tasks.storage import StoredImage, store_outputs
+    from tasks.storage_async import astore_outputs
+    from tasks.errors import retry_condition
+    from tasks.output_keys import output_key
+    from tasks.storage import StoredImage, store_output, store_outputs
 
 _EXPORTS: dict[str, str] = {
     "SeedreamInput": "tasks.seedream_input",
@@ -43,7 +52,15 @@ _EXPORTS: dict[str, str] = {
     "get_prediction": "tasks.predictions",
     "await_prediction": "tasks.predictions",
     "cancel_prediction": "tasks.predictions",
+    "acreate_prediction": "tasks.predictions_async",
+    "aget_prediction": "tasks.predictions_async",
+    "aawait_prediction": "tasks.predictions_async",
+    "acancel_prediction": "tasks.predictions_async",
     "store_outputs": "tasks.storage",
+    "store_output": "tasks.storage",
+    "astore_outputs": "tasks.storage_async",
+    "output_key": "tasks.output_keys",
+    "retry_condition": "tasks.errors",
     "StoredImage": "tasks.storage",
     **{
         name: "tasks.errors"

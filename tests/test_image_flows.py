@@ -3,19 +3,50 @@ sandbox -> bytes streamed into moto's S3 server, checked there."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from typing import Any
 
 import pytest
 from PIL import Image
+from prefect import flow
 from pydantic import SecretStr
 
 from blocks import ReplicateCredentials, S3Destination
-from flows import edit_image, generate_images
+from flows import aedit_image, agenerate_images, edit_image, generate_images
 from tasks import AuthenticationFailed, InvalidInput, StorageFailed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+class Flows:
+    """The image flows, called the sync way, or their async twins awaited in a user's flow."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def _run(self, sync_flow: Any, async_task: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.mode == "sync":
+            return sync_flow(*args, **kwargs)
+        return_state = kwargs.pop("return_state", False)
+
+        @flow
+        async def users_async_pipeline() -> Any:
+            return await async_task(*args, **kwargs)
+
+        return asyncio.run(users_async_pipeline(return_state=return_state))
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(generate_images, agenerate_images, *args, **kwargs)
+
+    def edit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(edit_image, aedit_image, *args, **kwargs)
+
+
+@pytest.fixture(params=["sync", "async"])
+def run(request: pytest.FixtureRequest) -> Flows:
+    return Flows(request.param)
 
 
 @pytest.fixture
@@ -39,14 +70,16 @@ def read_object(s3_client: Any, bucket: str, key: str) -> tuple[bytes, dict[str,
 
 
 def test_generate_images_stores_checked_images_in_s3(
-    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    run: Flows, credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
     seedream_sandbox: Any,
 ) -> None:
-    state = generate_images(
+    state = run.generate(
         "a red fox in fresh snow", size="1K", aspect_ratio="16:9",
         credentials=credentials, destination=destination, return_state=True,
     )
     images = state.result()
+    if asyncio.iscoroutine(images):
+        images = asyncio.run(images)
     assert len(images) == 1
     image = images[0]
     data, obj = read_object(s3_client, image.bucket, image.key)
@@ -64,11 +97,11 @@ def test_generate_images_stores_checked_images_in_s3(
 
 
 def test_sequential_generation_keeps_every_image_even_when_fewer_come_back(
-    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    run: Flows, credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
     seedream_sandbox: Any,
 ) -> None:
     seedream_sandbox.configure(auto_image_count=3)
-    images = generate_images(
+    images = run.generate(
         "four seasons of one tree", size="1K", max_images=4,
         credentials=credentials, destination=destination,
     )
@@ -79,14 +112,14 @@ def test_sequential_generation_keeps_every_image_even_when_fewer_come_back(
 
 
 def test_edit_image_from_an_s3_source(
-    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    run: Flows, credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
     seedream_sandbox: Any,
 ) -> None:
     source = io.BytesIO()
     Image.new("RGB", (1500, 1000), (30, 120, 200)).save(source, format="JPEG")
     s3_client.put_object(Bucket=destination.bucket, Key="inputs/beach.jpg",
                          Body=source.getvalue())
-    images = edit_image(
+    images = run.edit(
         "make the sky stormy", [f"s3://{destination.bucket}/inputs/beach.jpg"], size="1K",
         credentials=credentials, destination=destination,
     )
@@ -109,11 +142,11 @@ def test_edit_image_from_an_s3_source(
     ],
 )
 def test_invalid_input_is_refused_before_any_request(
-    options: dict[str, Any], credentials: ReplicateCredentials, destination: S3Destination,
+    run: Flows, options: dict[str, Any], credentials: ReplicateCredentials, destination: S3Destination,
     seedream_sandbox: Any,
 ) -> None:
     with pytest.raises(InvalidInput):
-        generate_images("x", credentials=credentials, destination=destination, **options)
+        run.generate("x", credentials=credentials, destination=destination, **options)
     counters = seedream_sandbox.counters()
     assert counters["creates"] == 0 and counters["gets"] == 0
 
@@ -139,12 +172,12 @@ def test_unwritable_bucket_is_refused_before_paying(
 
 
 def test_bad_token_is_a_clear_error_that_does_not_echo_the_token(
-    seedream_sandbox: Any, destination: S3Destination,
+    run: Flows, seedream_sandbox: Any, destination: S3Destination,
 ) -> None:
     wrong = "r8_wrong_token_0123456789"
     bad = ReplicateCredentials(api_token=SecretStr(wrong), base_url=seedream_sandbox.base_url)
     with pytest.raises(AuthenticationFailed) as info:
-        generate_images("x", size="1K", credentials=bad, destination=destination)
+        run.generate("x", size="1K", credentials=bad, destination=destination)
     assert "ReplicateCredentials" in str(info.value)
     assert wrong not in str(info.value) and wrong not in repr(info.value)
     assert seedream_sandbox.predictions() == []

@@ -1,0 +1,56 @@
+"""What the sync and async image flows share: building the request and the checks made before
+any money is spent. Blocking calls here are run in a worker thread by the async flows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from blocks.s3_destination import S3Destination
+from flows.source_images import first_image_size, presign_sources
+from tasks.errors import InvalidInput, StorageFailed
+from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+
+
+def build_request(
+    prompt: str, *, size: str, aspect_ratio: str, width: int | None, height: int | None,
+    max_images: int, enhance_prompt: bool | None, image_input: list[str] | None = None,
+) -> SeedreamInput:
+    """The Seedream input for a flow's arguments; `max_images > 1` means sequential generation."""
+    fields: dict[str, Any] = {
+        "prompt": prompt, "size": size, "width": width, "height": height,
+        "aspect_ratio": None if size == "custom" else aspect_ratio,
+        "max_images": max_images, "enhance_prompt": enhance_prompt,
+        "sequential_image_generation": "auto" if max_images > 1 else "disabled",
+        "image_input": image_input,
+    }
+    try:
+        return SeedreamInput(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid Seedream input: {describe_errors(exc)}") from exc
+
+
+def check_bucket(destination: S3Destination) -> None:
+    """Fail before paying if the outputs could not be stored."""
+    try:
+        destination.get_client().head_bucket(Bucket=destination.bucket)
+    except Exception as exc:
+        raise StorageFailed(
+            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
+            "S3Destination before generating, or the paid images would be lost",
+            prediction_id=None,
+        ) from exc
+
+
+def prepare_edit(
+    instruction: str, images: list[str], destination: S3Destination, *, timeout_seconds: float,
+    **options: Any,
+) -> tuple[SeedreamInput, tuple[int, int] | None]:
+    """Presign the sources, build the request and work out the output size to expect."""
+    urls = presign_sources(images, destination, expires_in=int(timeout_seconds) + 900)
+    request = build_request(instruction, image_input=urls, **options)
+    try:
+        return request, output_dimensions(request, first_image_size(urls[0]))
+    except ValueError:
+        return request, None  # the source's size could not be read; the output is still checked

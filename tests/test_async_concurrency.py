@@ -1,0 +1,50 @@
+"""Twenty generations in one async flow run at the same time on one event loop: the sandbox's
+own timestamps show every prediction overlapping every other."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+from prefect import flow
+from pydantic import SecretStr
+
+from blocks import ReplicateCredentials, S3Destination
+from flows import agenerate_images
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_twenty_async_generations_overlap_on_one_loop(
+    seedream_sandbox: Any, s3_endpoint: str, bucket: str,
+) -> None:
+    seedream_sandbox.configure(run_seconds=3.0)
+    credentials = ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
+                                       base_url=seedream_sandbox.base_url)
+    destination = S3Destination(bucket=bucket, endpoint_url=s3_endpoint,
+                                aws_access_key_id="testing",
+                                aws_secret_access_key=SecretStr("testing"))
+    prompts = [f"postcard number {i}" for i in range(20)]
+
+    @flow
+    async def twenty_posts() -> list[Any]:
+        return await asyncio.gather(*(
+            agenerate_images(p, size="1K", credentials=credentials, destination=destination)
+            for p in prompts
+        ))
+
+    results = asyncio.run(twenty_posts())
+    assert sorted(images[0].key.split("/")[-2] for images in results) == sorted(
+        p["id"] for p in seedream_sandbox.predictions())
+    predictions = seedream_sandbox.predictions()
+    assert len(predictions) == 20 and {p["status"] for p in predictions} == {"succeeded"}
+    # Every prediction was created before the first one completed: all 20 were in flight at once.
+    last_created = max(when(p["created_at"]) for p in predictions)
+    first_completed = min(when(p["completed_at"]) for p in predictions)
+    assert last_created < first_completed
