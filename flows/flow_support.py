@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from blocks.s3_destination import S3Destination
 from flows.source_images import first_image_size, presign_sources
-from tasks.errors import InvalidInput, StorageFailed
+from tasks.errors import InvalidInput, PredictionFailed, StorageFailed
 from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
 
 
@@ -54,3 +54,15 @@ def prepare_edit(
         return request, output_dimensions(request, first_image_size(urls[0]))
     except ValueError:
         return request, None  # the source's size could not be read; the output is still checked
+
+
+def worth_another_prediction(exc: PredictionFailed, attempt: int, retries: int) -> bool:
+    """Replicate's "Prediction interrupted; please retry (code: PA)" earns a new prediction,
+    `retries` times at most; any other failure (content policy, bad input) does not."""
+    if exc.interrupted and attempt < retries:
+        from tasks.connections import _log
+
+        _log().warning("Prediction %s was interrupted by Replicate; trying a new one (%d of %d)",
+                       exc.prediction_id, attempt + 1, retries)
+        return True
+    return False

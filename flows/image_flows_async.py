@@ -23,9 +23,15 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.replicate_credentials import ReplicateCredentials
 from blocks.s3_destination import S3Destination
-from flows.flow_support import build_request, check_bucket, prepare_edit
+from flows.flow_support import (
+    build_request,
+    check_bucket,
+    prepare_edit,
+    worth_another_prediction,
+)
 from flows.image_report import publish_report
 from tasks.connections import resolve_credentials, resolve_destination
+from tasks.errors import PredictionFailed
 from tasks.predictions_async import aawait_prediction, acreate_prediction
 from tasks.seedream_input import SeedreamInput, output_dimensions
 from tasks.seedream_settings import get_settings
@@ -44,14 +50,21 @@ async def arun_prediction(
     title: str,
 ) -> list[StoredImage]:
     """Create, await and store one prediction without blocking the loop."""
-    margin = get_settings().cancel_after_margin_seconds
+    settings = get_settings()
     started = time.monotonic()
-    prediction = await acreate_prediction(
-        request, credentials=credentials, cancel_after=timeout_seconds + margin
-    )
-    finished = await aawait_prediction(
-        prediction, credentials=credentials, timeout_seconds=timeout_seconds
-    )
+    for attempt in range(settings.interrupted_retries + 1):
+        prediction = await acreate_prediction(
+            request, credentials=credentials,
+            cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
+        )
+        try:
+            finished = await aawait_prediction(
+                prediction, credentials=credentials, timeout_seconds=timeout_seconds
+            )
+            break
+        except PredictionFailed as exc:
+            if not worth_another_prediction(exc, attempt, settings.interrupted_retries):
+                raise
     stored = await astore_outputs(
         finished, destination, key_prefix=key_prefix, expected_size=expected_size
     )

@@ -76,7 +76,7 @@ def create_prediction(
     saved = ledger.recall(plan.entry) if plan.entry else None
     if saved and (earlier := plan.reattached(plan.api.run(plan.reattach(saved)))):
         return earlier
-    acquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
+    acquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
     return plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
 
 

@@ -66,7 +66,7 @@ async def acreate_prediction(
     saved = await to_thread.run_sync(ledger.recall, plan.entry) if plan.entry else None
     if saved and (earlier := plan.reattached(await plan.api.arun(plan.reattach(saved)))):
         return earlier
-    await aacquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
+    await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
     created = await plan.api.arun(plan.create(), on_note=plan.log.info)
     with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
         return await to_thread.run_sync(plan.created, created)

@@ -46,6 +46,10 @@ class SeedreamSettings(BaseSettings):
     )
     poll_initial_seconds: float = Field(default=0.5, gt=0, description="First poll interval.")
     poll_max_seconds: float = Field(default=5.0, gt=0, description="Longest poll interval.")
+    interrupted_retries: int = Field(
+        default=1, ge=0,
+        description="New predictions the flows try after 'Prediction interrupted (code: PA)'.",
+    )
     create_attempts: int = Field(default=6, ge=1, description="Most create attempts on 429/5xx.")
     max_rate_limit_wait_seconds: float = Field(
         default=60.0, gt=0, description="Longest single wait honoured after a 429."

@@ -94,7 +94,8 @@ class MemoryReplayGuard:
     anyway) and at most `max_entries` of them, oldest dropped first.
     """
 
-    def __init__(self, max_entries: int = 10_000, ttl_seconds: float = 2 * DEFAULT_TOLERANCE_SECONDS,
+    def __init__(self, max_entries: int = 10_000,
+                 ttl_seconds: float = 2 * DEFAULT_TOLERANCE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")

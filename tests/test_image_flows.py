@@ -181,3 +181,15 @@ def test_bad_token_is_a_clear_error_that_does_not_echo_the_token(
     assert "ReplicateCredentials" in str(info.value)
     assert wrong not in str(info.value) and wrong not in repr(info.value)
     assert seedream_sandbox.predictions() == []
+
+
+def test_interrupted_prediction_is_replaced_once_and_its_images_stored(
+    run: Flows, credentials: ReplicateCredentials, destination: S3Destination,
+    seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.faults.interrupt_predictions(1)
+    images = run.generate("a windmill", size="1K", credentials=credentials,
+                          destination=destination)
+    statuses = sorted(p["status"] for p in seedream_sandbox.predictions())
+    assert statuses == ["failed", "succeeded"]
+    assert seedream_sandbox.prediction(images[0].prediction_id)["status"] == "succeeded"

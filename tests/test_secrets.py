@@ -45,7 +45,7 @@ def test_token_never_leaves_the_block(
                          credentials=good, destination=destination)
 
     failures: list[BaseException] = []
-    sandbox.faults.interrupt_predictions(1)
+    sandbox.faults.interrupt_predictions(1, error="The output was flagged as sensitive. (E005)")
     with pytest.raises(SeedreamError) as failed:
         generate_images("will fail", size="1K", credentials=good, destination=destination)
     failures.append(failed.value)

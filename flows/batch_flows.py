@@ -1,0 +1,306 @@
+"""`generate_batch`: thousands of prompts and edits in one flow run, resumable, within budget.
+
+The shape of a run:
+
+1. Read and check the whole manifest; every bad row is reported at once, before anything is paid.
+2. Key each item (hash of its normalised input and its sources' bytes) and list what S3 already
+   holds: done items are skipped, so a re-run creates only what is missing.
+3. Apply the budget cap to the rest (worst case: `max_images` per item x price), log the estimate.
+4. Run the items, at most `max_in_flight` at a time, one Prefect task run each, on a thread pool;
+   or hand shards of them to a deployment (`shards`, `deployment`), one child flow run each.
+5. Write the results manifest (JSONL) and the final table artifact; end Completed, or Failed with
+   "N of M items failed" and the whole result attached.
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import TYPE_CHECKING, Any
+
+from prefect import flow
+from prefect.states import Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks.replicate_credentials import ReplicateCredentials
+from blocks.s3_destination import S3Destination, join_key_parts
+from flows.batch_items import BatchControl, run_batch_item
+from flows.batch_manifest import BatchItem, item_key, load_manifest
+from flows.batch_report import (
+    BatchItemsFailed,
+    BatchResult,
+    ItemOutcome,
+    Progress,
+    notify,
+    publish_table,
+)
+from flows.batch_store import find_done, read_results, source_digests, write_jsonl
+from flows.image_flows import _check_bucket
+from flows.run_hooks import cancel_open_predictions
+from tasks.connections import _log, resolve_credentials, resolve_destination
+from tasks.seedream_settings import get_settings
+from tasks.storage import StoredImage
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
+DEFAULT_PRICE_PER_IMAGE_USD = 0.03  # Seedream 4 on Replicate, per output image
+
+
+def plan_budget(
+    items: list[tuple[BatchItem, str]], *, price: float, max_images_total: int | None,
+    max_cost_usd: float | None,
+) -> tuple[list[tuple[BatchItem, str]], list[tuple[BatchItem, str]]]:
+    """Split items into (submitted, skipped by budget), reserving each item's worst case.
+
+    Submission stops at the first item whose worst case would cross a cap; later items are
+    skipped too, so a capped batch is always a prefix of the manifest.
+
+    Example:
+        ```python
+        from flows.batch_flows import plan_budget
+        from flows.batch_manifest import check_rows
+
+        items = [(item, str(i)) for i, item in enumerate(check_rows(
+            [{"prompt": f"p{i}", "size": "1K"} for i in range(5)]))]
+        run, skipped = plan_budget(items, price=0.03, max_images_total=3, max_cost_usd=None)
+        assert (len(run), len(skipped)) == (3, 2)
+        ```
+    """
+    submitted: list[tuple[BatchItem, str]] = []
+    images = 0
+    for index, (item, key) in enumerate(items):
+        worst = images + item.max_images
+        if (max_images_total is not None and worst > max_images_total) or (
+                max_cost_usd is not None and worst * price > max_cost_usd + 1e-9):
+            return submitted, items[index:]
+        images = worst
+        submitted.append((item, key))
+    return submitted, []
+
+
+def _run_local(
+    items: list[tuple[BatchItem, str]], control: BatchControl, *, max_in_flight: int,
+    progress: Progress,
+) -> list[ItemOutcome]:
+    """Run items on a thread pool, never more than `max_in_flight` task runs alive at once.
+
+    Any way out other than finishing (Ctrl-C, cancellation, a flow timeout) stops submitting
+    and cancels every prediction still running before it propagates.
+    """
+    outcomes: list[ItemOutcome] = []
+    finished: queue.SimpleQueue[PrefectFuture[ItemOutcome]] = queue.SimpleQueue()
+    pending = iter(items)
+    in_flight: dict[Any, tuple[BatchItem, str]] = {}
+    with ThreadPoolTaskRunner(max_workers=max_in_flight) as runner:
+        try:
+            while True:
+                while len(in_flight) < max_in_flight and not control.stop.is_set():
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        break
+                    item, key = nxt
+                    future = runner.submit(run_batch_item, parameters={
+                        "item": item, "key": key, "label": item.id[:60], "control": control})
+                    future.add_done_callback(finished.put)
+                    in_flight[future.task_run_id] = nxt
+                if not in_flight:
+                    break
+                try:
+                    done = finished.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                item, key = in_flight.pop(done.task_run_id)
+                outcome = _outcome_of(done, item, key)
+                outcomes.append(outcome)
+                progress.item_done(outcome)
+        except BaseException:
+            control.cancel_in_flight()
+            raise
+    return outcomes
+
+
+def _outcome_of(future: PrefectFuture[ItemOutcome], item: BatchItem, key: str) -> ItemOutcome:
+    try:
+        return future.result()
+    except Exception as exc:  # the task body never raises; a crash of the engine might
+        return ItemOutcome(id=item.id, line=item.line, kind=item.kind, item_key=key,
+                           status="failed", error_type=type(exc).__name__, error=str(exc))
+
+
+def _already_done(destination: S3Destination, prefix: str,
+                  items: list[tuple[BatchItem, str]]) -> list[ItemOutcome]:
+    stored = read_results(destination, prefix, [key for _, key in items])
+    outcomes = []
+    for item, key in items:
+        data = stored[key]
+        outcomes.append(ItemOutcome(
+            id=item.id, line=item.line, kind=item.kind, item_key=key, status="already_done",
+            images=[StoredImage(**image) for image in data.get("images", [])],
+            prediction_id=data.get("prediction_id"),
+        ))
+    return outcomes
+
+
+def _block_name(value: Any, what: str) -> str | None:
+    """A block's saved name, for child flow runs that must load it in another process."""
+    if value is None or isinstance(value, str):
+        return value
+    name = getattr(value, "_block_document_name", None)
+    if not name:
+        from tasks.errors import InvalidInput
+
+        raise InvalidInput(f"sharding needs the {what} as a saved block's name (workers load it "
+                           f"in their own process); save it with .save('NAME') and pass 'NAME'")
+    return str(name)
+
+
+@flow(
+    name="generate-batch",
+    description="Generates and edits many images from a manifest, resumable, within a budget.",
+    on_cancellation=[cancel_open_predictions],
+    on_crashed=[cancel_open_predictions],
+)
+def generate_batch(
+    manifest: str | list[dict[str, Any]],
+    *,
+    credentials: ReplicateCredentials | str | None = None,
+    destination: S3Destination | str | None = None,
+    key_prefix: str | None = None,
+    max_in_flight: int = 16,
+    price_per_image_usd: float = DEFAULT_PRICE_PER_IMAGE_USD,
+    max_images_total: int | None = None,
+    max_cost_usd: float | None = None,
+    timeout_seconds: float = 600,
+    item_retries: int = 1,
+    concurrency_limit_name: str | None = None,
+    shards: int = 1,
+    deployment: str | None = None,
+    results_key: str | None = None,
+) -> BatchResult | State[Any]:
+    """Generate or edit every item of `manifest` into S3; items already there are skipped.
+
+    Args:
+        manifest: A JSONL or CSV file (local path or `s3://` URI) or a list of dicts. A row has
+            `prompt` (generate) or `instruction` + `images` (edit), the options of
+            `generate_images`/`edit_image` (`size`, `aspect_ratio`, `width`, `height`,
+            `max_images`, `enhance_prompt`) and optionally an `id`.
+        credentials: A `ReplicateCredentials` block, its saved name, or None for the defaults.
+        destination: An `S3Destination` block, its saved name, or None for the settings.
+        key_prefix: Overrides the destination's prefix; items go to `{prefix}/batch/{key}/`.
+        max_in_flight: Most items running at once in this flow run.
+        price_per_image_usd: Price of one output image, for the estimate and the cost.
+        max_images_total: Stop submitting before the worst case would pass this many images.
+        max_cost_usd: Stop submitting before the worst case would pass this many dollars.
+        timeout_seconds: How long to wait for each prediction before cancelling it.
+        item_retries: Fresh predictions for an item whose prediction was interrupted.
+        concurrency_limit_name: A Prefect global concurrency limit each running prediction
+            occupies (strict), bounding predictions in flight across every run and worker.
+        shards: With `deployment`, split the work into this many child flow runs.
+        deployment: `flow-name/deployment-name` of a `generate-batch` deployment for shards.
+        results_key: Key of the results manifest; default `{prefix}/batch/results/{run}.jsonl`.
+
+    Returns:
+        A `BatchResult`. If any item failed the run ends `Failed` ("N of M items failed") with a
+        `BatchItemsFailed` carrying the same result: use `return_state=True` and
+        `state.result(raise_on_failure=False).result`, or catch it.
+
+    Example:
+        ```python
+        from flows import generate_batch
+
+        result = generate_batch("catalogue.jsonl", max_cost_usd=25)
+        print(result.summary(), result.results_uri)
+        ```
+    """
+    from prefect.runtime import flow_run
+
+    log = _log()
+    target = resolve_destination(destination)
+    prefix = target.prefix if key_prefix is None else key_prefix
+    model = get_settings().model
+    items = load_manifest(manifest, target)
+    digests = source_digests(items, target)
+    keyed = [(item, item_key(model, item, digests)) for item in items]
+    resolve_credentials(credentials)  # fail now on missing credentials, not after paying
+    _check_bucket(target)
+
+    firsts: dict[str, BatchItem] = {}
+    unique: list[tuple[BatchItem, str]] = []
+    duplicates: list[tuple[BatchItem, str]] = []
+    for item, key in keyed:
+        if key in firsts:
+            duplicates.append((item, key))
+        else:
+            firsts[key] = item
+            unique.append((item, key))
+    done_keys = find_done(target, prefix, {key for _, key in unique})
+    todo = [(item, key) for item, key in unique if key not in done_keys]
+    run, skipped = plan_budget(todo, price=price_per_image_usd,
+                               max_images_total=max_images_total, max_cost_usd=max_cost_usd)
+    worst_images = sum(item.max_images for item, _ in run)
+    estimate = round(worst_images * price_per_image_usd, 4)
+    log.info(
+        "Batch of %d items: %d already in S3, %d duplicate rows, %d to generate (up to %d "
+        "images, estimate up to $%.2f at $%.3f/image)%s", len(items), len(done_keys),
+        len(duplicates), len(run), worst_images, estimate, price_per_image_usd,
+        f"; {len(skipped)} skipped by the budget cap" if skipped else "",
+    )
+    notify({"event": "plan", "total": len(items), "already_done": len(done_keys),
+            "to_run": len(run), "skipped_budget": len(skipped), "estimate_usd": estimate})
+
+    progress = Progress(len(run), log)
+    progress.start()
+    if shards > 1 or deployment:
+        from flows.batch_shards import run_shards
+
+        if not deployment:
+            raise ValueError("shards > 1 needs deployment='generate-batch/DEPLOYMENT-NAME'")
+        ran = run_shards(
+            run, deployment=deployment, shards=max(shards, 1), destination=target,
+            prefix=prefix, progress=progress, parameters={
+                "credentials": _block_name(credentials, "credentials"),
+                "destination": _block_name(destination, "destination"),
+                "key_prefix": prefix, "max_in_flight": max_in_flight,
+                "price_per_image_usd": price_per_image_usd, "timeout_seconds": timeout_seconds,
+                "item_retries": item_retries, "concurrency_limit_name": concurrency_limit_name,
+            })
+    else:
+        control = BatchControl(
+            credentials=credentials, destination=target, prefix=prefix,
+            price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
+            item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
+        )
+        ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
+
+    by_key: dict[str, ItemOutcome] = {o.item_key: o for o in ran}
+    by_key.update((o.item_key, o) for o in _already_done(
+        target, prefix, [(item, key) for item, key in unique if key in done_keys]))
+    for item, key in skipped:
+        by_key[key] = ItemOutcome(id=item.id, line=item.line, kind=item.kind, item_key=key,
+                                  status="skipped_budget")
+    outcomes = [by_key[key] for _, key in unique]
+    for item, key in duplicates:
+        first = by_key[key]
+        outcomes.append(first.model_copy(update={
+            "id": item.id, "line": item.line, "cost_usd": 0.0, "seconds": 0.0,
+            "status": "duplicate" if first.status in ("succeeded", "already_done")
+            else first.status,
+            "error": first.error or f"same input as item {first.id}"}))
+    outcomes.sort(key=lambda o: o.line)
+
+    run_id = str(flow_run.id or "local")
+    key = results_key or join_key_parts(prefix, "batch", "results", f"{run_id}.jsonl")
+    result = BatchResult(items=outcomes, price_per_image_usd=price_per_image_usd,
+                         estimated_cost_usd=estimate)
+    result.results_uri = write_jsonl(target, key, (o.line_json() for o in outcomes))
+    publish_table(result)
+    log.info("Batch finished: %s. Results manifest: %s", result.summary(), result.results_uri)
+    notify({"event": "done", "summary": result.summary()})
+    failed = result.count("failed") + result.count("cancelled")
+    if failed:
+        message = f"{failed} of {len(outcomes)} items failed"
+        return Failed(message=message, data=BatchItemsFailed(message, result=result))
+    return result
+
+
+__all__ = ["DEFAULT_PRICE_PER_IMAGE_USD", "generate_batch", "plan_budget"]

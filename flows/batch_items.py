@@ -1,0 +1,226 @@
+"""One batch item, one Prefect task run: create, await and store, and never fail a sibling.
+
+The task body calls the plain functions of the prediction tasks (`create_prediction.fn`, ...),
+so 1,000 items make 1,000 task runs, not 4,000. A 429 that outlasts the create's own retries
+does not fail the item: the whole batch pauses for the announced wait and the item is
+re-queued. A transient model failure (Replicate's "interrupted") gets `item_retries` fresh
+predictions. Any other error becomes the item's outcome; it never cancels a sibling.
+
+`BatchControl` is what the items of one run share: the stop switch, the 429 pause and the ids
+of predictions in flight, so the run can cancel all of them at once when it is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.batch_manifest import BatchItem
+from flows.batch_report import ItemOutcome
+from flows.batch_store import item_prefix, write_result
+from flows.source_images import first_image_size, presign_sources
+from tasks.connections import _log, replicate_api
+from tasks.errors import PredictionCanceled, PredictionFailed, RateLimited
+from tasks.predictions import await_prediction, create_prediction
+from tasks.replicate_protocol import RetryPolicy, cancel
+from tasks.seedream_input import output_dimensions
+from tasks.seedream_settings import get_settings
+from tasks.storage import store_outputs
+
+if TYPE_CHECKING:
+    from blocks.replicate_credentials import ReplicateCredentials
+    from blocks.s3_destination import S3Destination
+    from tasks.prediction_model import Prediction
+
+#: Longest a batch keeps re-queuing one item on 429s before giving up on it.
+RATE_LIMIT_PATIENCE_SECONDS = 900.0
+
+
+class BatchStopped(Exception):
+    """The batch is stopping; the item was not (or no longer) running."""
+
+
+@dataclass
+class BatchControl:
+    """State shared by the items of one batch run (one process)."""
+
+    credentials: ReplicateCredentials | str | None
+    destination: S3Destination
+    prefix: str
+    price_per_image_usd: float
+    timeout_seconds: float
+    item_retries: int = 1
+    concurrency_limit_name: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    _pause_until: float = 0.0
+    _in_flight: dict[str, str] = field(default_factory=dict)  # item key -> prediction id
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every create of this batch for `seconds` (after a 429 got through)."""
+        with self._lock:
+            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def wait_turn(self) -> None:
+        """Block while the batch is paused; raise `BatchStopped` if it is stopping."""
+        while True:
+            if self.stop.is_set():
+                raise BatchStopped
+            with self._lock:
+                left = self._pause_until - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.5))
+
+    def track(self, key: str, prediction_id: str | None) -> None:
+        with self._lock:
+            if prediction_id is None:
+                self._in_flight.pop(key, None)
+            else:
+                self._in_flight[key] = prediction_id
+
+    def cancel_in_flight(self) -> list[str]:
+        """Stop submitting and cancel every prediction still running; returns their ids."""
+        self.stop.set()
+        with self._lock:
+            ids = list(self._in_flight.values())
+        if not ids:
+            return []
+        api = replicate_api(self.credentials)
+        log = _log()
+        for prediction_id in ids:
+            try:
+                api.run(cancel(prediction_id, policy=RetryPolicy()))
+            except Exception as exc:
+                log.error("Could not cancel prediction %s: %s", prediction_id, exc)
+        log.warning("Batch stopped: cancelled %d prediction(s) still running", len(ids))
+        return ids
+
+
+@contextlib.contextmanager
+def _slot(name: str | None) -> Iterator[None]:
+    """One slot of the Prefect global concurrency limit `name` for the prediction's lifetime."""
+    if not name:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+def _create(item: BatchItem, key: str, request: Any, control: BatchControl) -> Prediction:
+    """Create, re-queuing on 429s that outlast the create's own retries."""
+    margin = get_settings().cancel_after_margin_seconds
+    deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
+    delay = 1.0
+    while True:
+        control.wait_turn()
+        try:
+            prediction: Prediction = create_prediction.fn(
+                request, credentials=control.credentials, idempotency_key=key,
+                cancel_after=control.timeout_seconds + margin,
+            )
+            return prediction
+        except RateLimited as exc:
+            if time.monotonic() > deadline:
+                raise
+            wait = max(exc.retry_after or 0.0, delay) * (1 + random.random() * 0.25)
+            delay = min(delay * 2, 60.0)
+            _log().warning("Item %s: still rate limited; batch pauses %.1f s and re-queues it",
+                           item.id, wait)
+            control.pause(wait)
+
+
+def _request(item: BatchItem, control: BatchControl) -> tuple[Any, tuple[int, int] | None]:
+    if item.kind == "generate":
+        request = item.request()
+        return request, output_dimensions(request)
+    urls = presign_sources(list(item.images), control.destination,
+                           expires_in=int(control.timeout_seconds) + 900)
+    request = item.request(urls)
+    try:
+        return request, output_dimensions(request, first_image_size(urls[0]))
+    except ValueError:
+        return request, None
+
+
+def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Prediction, Any]:
+    """A succeeded prediction for the item, retrying transient model failures."""
+    attempt = 0
+    while True:
+        request, expected = _request(item, control)
+        with _slot(control.concurrency_limit_name):
+            prediction = _create(item, key, request, control)
+            control.track(key, prediction.id)
+            try:
+                if control.stop.is_set():
+                    raise BatchStopped
+                finished: Prediction = await_prediction.fn(
+                    prediction, credentials=control.credentials,
+                    timeout_seconds=control.timeout_seconds,
+                )
+                return finished, expected
+            except PredictionFailed as exc:
+                if not exc.retryable or attempt >= control.item_retries:
+                    raise
+                attempt += 1
+                _log().warning("Item %s: prediction %s was interrupted; retrying (%d of %d)",
+                               item.id, prediction.id, attempt, control.item_retries)
+            finally:
+                control.track(key, None)
+
+
+@task(
+    name="Generate batch item",
+    description="Creates, awaits and stores one batch item; its outcome, never an exception.",
+    cache_policy=NO_CACHE,
+    task_run_name="item-{label}",
+)
+def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl) -> ItemOutcome:
+    """Generate one item into `{prefix}/batch/{key}/` and mark it done with `result.json`."""
+    started = time.monotonic()
+    base = {"id": item.id, "line": item.line, "kind": item.kind, "item_key": key}
+    prediction_id = None
+    try:
+        finished, expected = _predict(item, key, control)
+        prediction_id = finished.id
+        stored = store_outputs.fn(finished, control.destination,
+                                  key_prefix=item_prefix(control.prefix, key),
+                                  expected_size=expected)
+        outcome = ItemOutcome(
+            **base, status="succeeded", images=stored, prediction_id=finished.id,
+            seconds=time.monotonic() - started,
+            cost_usd=round(control.price_per_image_usd * len(stored), 6),
+        )
+        write_result(control.destination, control.prefix, key, {
+            **outcome.line_json(), "images": [image.model_dump() for image in stored],
+            "input": item.request().to_request() if item.kind == "generate" else None,
+            "sources": list(item.images),
+        })
+        return outcome
+    except (BatchStopped, PredictionCanceled) as exc:
+        status = "cancelled"
+        error: BaseException = exc
+    except Exception as exc:
+        status = "failed"
+        error = exc
+    if status == "failed" and control.stop.is_set():
+        status = "cancelled"
+    return ItemOutcome(
+        **base, status=status,  # type: ignore[arg-type]
+        prediction_id=getattr(error, "prediction_id", None) or prediction_id,
+        error_type=type(error).__name__, error=str(error) or "stopped before it ran",
+        seconds=time.monotonic() - started,
+    )
+
+
+__all__ = ["BatchControl", "BatchStopped", "run_batch_item"]
