@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench reliability clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)  ## the whole test suite
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+reliability: $(STAMP)  ## rerun the fault tests and rewrite RELIABILITY.md from what they measured
+	SEEDREAM_RELIABILITY_OUT=.reliability.json $(PY) -m pytest -q \
+		tests/test_lifecycle.py tests/test_secrets.py tests/test_image_flows.py \
+		tests/test_command_line.py tests/test_storage.py $(wildcard tests/e2e/test_lifecycle*.py)
+	$(PY) tests/render_reliability.py .reliability.json > RELIABILITY.md && rm .reliability.json
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -66,3 +66,36 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+# --- RELIABILITY.md: tests that inject a fault record what they measured ------------------------
+
+_OUTCOMES: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def record_outcome(request: pytest.FixtureRequest) -> Any:
+    """Record one row of RELIABILITY.md from the test that measured it.
+
+    Rows are written to `$SEEDREAM_RELIABILITY_OUT` (JSON) at the end of the session when set;
+    `make reliability` runs the fault tests with it and renders RELIABILITY.md.
+    """
+
+    def record(fault: str, handling: str, *, created: int, requests: int = 1,
+               left_running: int, outputs_lost: int = 0, secret_occurrences: int = 0) -> None:
+        _OUTCOMES.append({
+            "fault": fault, "handling": handling, "test": request.node.nodeid,
+            "created_per_request": created / max(1, requests), "left_running": left_running,
+            "outputs_lost": outputs_lost, "secret_occurrences": secret_occurrences,
+        })
+
+    return record
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    out = os.environ.get("SEEDREAM_RELIABILITY_OUT")
+    if out and _OUTCOMES:
+        import json
+
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump(_OUTCOMES, handle, indent=1)

@@ -57,3 +57,43 @@ def test_refused_token_exits_3(
     err = capsys.readouterr().err
     assert code == EXIT_AUTH
     assert "AuthenticationFailed" in err and "r8_not_the_right_one" not in err
+
+
+def test_ctrl_c_cancels_the_prediction_and_exits_130(
+    seedream_sandbox: Any, bucket: str, s3_endpoint: str, record_outcome: Any,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    seedream_sandbox.configure(run_seconds=60)
+    env = {
+        **os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "REPLICATE_API_TOKEN": seedream_sandbox.api_token,
+        "REPLICATE_BASE_URL": seedream_sandbox.base_url, "SEEDREAM_S3_ENDPOINT_URL": s3_endpoint,
+    }
+    seedream = Path(sys.executable).with_name("seedream")
+    process = subprocess.Popen(
+        [str(seedream), "generate", "a slow one", "--size", "1K", "--bucket", bucket,
+         "--no-copies"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not seedream_sandbox.predictions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seedream_sandbox.predictions(), "the command never created a prediction"
+        time.sleep(1.0)  # let it settle into polling
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    (prediction,) = seedream_sandbox.predictions()
+    assert process.returncode == 130, err[-2000:]
+    assert prediction["status"] == "canceled"
+    record_outcome("Ctrl-C in `seedream generate`", "cancelled the prediction, exit code 130",
+                   created=1, left_running=int(prediction["status"] in ("starting", "processing")))

@@ -142,13 +142,16 @@ def test_edit_image_from_an_s3_source(
     ],
 )
 def test_invalid_input_is_refused_before_any_request(
-    run: Flows, options: dict[str, Any], credentials: ReplicateCredentials, destination: S3Destination,
-    seedream_sandbox: Any,
+    run: Flows, options: dict[str, Any], credentials: ReplicateCredentials,
+    destination: S3Destination, seedream_sandbox: Any, record_outcome: Any,
 ) -> None:
     with pytest.raises(InvalidInput):
         run.generate("x", credentials=credentials, destination=destination, **options)
     counters = seedream_sandbox.counters()
     assert counters["creates"] == 0 and counters["gets"] == 0
+    record_outcome(f"invalid input {sorted(options)} ({run.mode})",
+                   "InvalidInput naming the field, before any request",
+                   created=counters["creates"], left_running=0)
 
 
 def test_edit_of_a_missing_s3_source_is_refused_before_any_request(
@@ -172,7 +175,7 @@ def test_unwritable_bucket_is_refused_before_paying(
 
 
 def test_bad_token_is_a_clear_error_that_does_not_echo_the_token(
-    run: Flows, seedream_sandbox: Any, destination: S3Destination,
+    run: Flows, seedream_sandbox: Any, destination: S3Destination, record_outcome: Any,
 ) -> None:
     wrong = "r8_wrong_token_0123456789"
     bad = ReplicateCredentials(api_token=SecretStr(wrong), base_url=seedream_sandbox.base_url)
@@ -181,6 +184,9 @@ def test_bad_token_is_a_clear_error_that_does_not_echo_the_token(
     assert "ReplicateCredentials" in str(info.value)
     assert wrong not in str(info.value) and wrong not in repr(info.value)
     assert seedream_sandbox.predictions() == []
+    record_outcome(f"bad token ({run.mode})", "AuthenticationFailed, not retried, token not echoed",
+                   created=len(seedream_sandbox.predictions()), left_running=0,
+                   secret_occurrences=int(wrong in str(info.value)))
 
 
 def test_interrupted_prediction_is_replaced_once_and_its_images_stored(

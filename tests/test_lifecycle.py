@@ -80,28 +80,42 @@ def running(sandbox: Any) -> list[str]:
 
 # --- paid once --------------------------------------------------------------------------------
 
-def test_429_storm_on_create_waits_and_creates_exactly_one(ops: Ops, seedream_sandbox: Any) -> None:
+def test_429_storm_on_create_waits_and_creates_exactly_one(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
     seedream_sandbox.faults.rate_limit_creates(3, retry_after=1)
     prediction = ops.create(REQUEST)
     assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
     assert seedream_sandbox.counters()["rate_limited"] == 3
+    record_outcome(f"429 storm on create ({ops.mode})", "waited as Retry-After said, then created",
+                   created=len(made(seedream_sandbox)), left_running=0)
 
 
-def test_5xx_on_create_retries_only_after_finding_nothing(ops: Ops, seedream_sandbox: Any) -> None:
+def test_5xx_on_create_retries_only_after_finding_nothing(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
     seedream_sandbox.faults.fail_next("create", 2, status=503)
     prediction = ops.create(REQUEST)
     assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
+    record_outcome(f"503 on create, twice ({ops.mode})",
+                   "listed recent predictions, found none, created again",
+                   created=len(made(seedream_sandbox)), left_running=0)
 
 
-def test_lost_create_response_is_found_again_not_doubled(ops: Ops, seedream_sandbox: Any) -> None:
+def test_lost_create_response_is_found_again_not_doubled(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
     seedream_sandbox.faults.drop_create_responses(1)
     prediction = ops.create(REQUEST)
     assert [p["id"] for p in made(seedream_sandbox)] == [prediction.id]
     assert seedream_sandbox.counters()["lists"] >= 1
+    record_outcome(f"create response lost after the prediction was made ({ops.mode})",
+                   "found it in the list of recent predictions and re-attached",
+                   created=len(made(seedream_sandbox)), left_running=0)
 
 
 def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(
-    credentials: ReplicateCredentials, seedream_sandbox: Any,
+    credentials: ReplicateCredentials, seedream_sandbox: Any, record_outcome: Any,
 ) -> None:
     attempts: list[str] = []
 
@@ -116,6 +130,9 @@ def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(
     final_id = flaky()
     assert attempts == [final_id, final_id]
     assert len(made(seedream_sandbox)) == 1
+    record_outcome("flow retried after the create (or crashed and re-run)",
+                   "ledger entry found; re-attached to the same prediction",
+                   created=len(made(seedream_sandbox)), left_running=0)
 
 
 def test_retry_after_a_failed_prediction_creates_a_new_one(
@@ -141,7 +158,9 @@ def test_every_create_carries_a_server_side_deadline(ops: Ops, seedream_sandbox:
     assert seedream_sandbox.prediction(prediction.id)["deadline"] is not None
 
 
-def test_our_timeout_cancels_the_prediction(ops: Ops, seedream_sandbox: Any) -> None:
+def test_our_timeout_cancels_the_prediction(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
     seedream_sandbox.configure(run_seconds=30)
     prediction = ops.create(REQUEST)
     with pytest.raises(PredictionTimedOut) as info:
@@ -149,10 +168,13 @@ def test_our_timeout_cancels_the_prediction(ops: Ops, seedream_sandbox: Any) -> 
     assert info.value.prediction_id == prediction.id
     assert seedream_sandbox.prediction(prediction.id)["status"] == "canceled"
     assert running(seedream_sandbox) == []
+    record_outcome(f"prediction outlives timeout_seconds ({ops.mode})",
+                   "cancelled it, raised PredictionTimedOut",
+                   created=len(made(seedream_sandbox)), left_running=len(running(seedream_sandbox)))
 
 
 def test_prefect_task_timeout_cancels_the_prediction(
-    credentials: ReplicateCredentials, seedream_sandbox: Any,
+    credentials: ReplicateCredentials, seedream_sandbox: Any, record_outcome: Any,
 ) -> None:
     seedream_sandbox.configure(run_seconds=30)
 
@@ -174,14 +196,23 @@ def test_prefect_task_timeout_cancels_the_prediction(
     assert len(made(seedream_sandbox)) == 2
     assert running(seedream_sandbox) == []
     assert {p["status"] for p in made(seedream_sandbox)} == {"canceled"}
+    record_outcome("Prefect task timeout_seconds (sync and async)",
+                   "cleanup in the task (shielded when async) cancelled it",
+                   created=len(made(seedream_sandbox)), requests=2,
+                   left_running=len(running(seedream_sandbox)))
 
 
-def test_deadline_before_start_is_aborted_not_billed(ops: Ops, seedream_sandbox: Any) -> None:
+def test_deadline_before_start_is_aborted_not_billed(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
     seedream_sandbox.configure(queue_seconds=10)
     prediction = ops.create(REQUEST, cancel_after=1)
     with pytest.raises(PredictionAborted, match="not billed"):
         ops.wait(prediction, timeout_seconds=30)
     assert seedream_sandbox.prediction(prediction.id)["status"] == "aborted"
+    record_outcome(f"Cancel-After passes while queued ({ops.mode})",
+                   "reported aborted (not billed), distinct from canceled",
+                   created=len(made(seedream_sandbox)), left_running=len(running(seedream_sandbox)))
 
 
 def test_cancel_is_idempotent_and_leaves_finished_predictions_alone(
@@ -199,12 +230,15 @@ def test_cancel_is_idempotent_and_leaves_finished_predictions_alone(
 # --- nothing lost -----------------------------------------------------------------------------
 
 def test_transient_errors_while_polling_do_not_fail_the_wait(
-    ops: Ops, seedream_sandbox: Any,
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
 ) -> None:
     seedream_sandbox.configure(run_seconds=1.0)
     prediction = ops.create(REQUEST)
     seedream_sandbox.faults.fail_next("get", 3, status=503)
     assert ops.wait(prediction, timeout_seconds=60).status.value == "succeeded"
+    record_outcome(f"503 on status polls, three in a row ({ops.mode})",
+                   "kept waiting with backoff; prediction succeeded",
+                   created=len(made(seedream_sandbox)), left_running=0)
 
 
 def test_read_right_after_create_sees_aborted_and_deadline(ops: Ops, seedream_sandbox: Any) -> None:
@@ -215,6 +249,7 @@ def test_read_right_after_create_sees_aborted_and_deadline(ops: Ops, seedream_sa
 
 def test_expired_outputs_are_a_specific_error(
     credentials: ReplicateCredentials, seedream_sandbox: Any, s3_endpoint: str, bucket: str,
+    record_outcome: Any,
 ) -> None:
     from blocks import S3Destination
     from tasks.storage import store_outputs
@@ -228,6 +263,9 @@ def test_expired_outputs_are_a_specific_error(
     with pytest.raises(OutputExpired) as info:
         store_outputs(finished, destination)
     assert info.value.prediction_id == finished.id
+    record_outcome("outputs expired before storing", "OutputExpired naming the prediction",
+                   created=len(made(seedream_sandbox)), left_running=0,
+                   outputs_lost=len(finished.output_urls))
 
 
 # --- typed errors and the retry policy ----------------------------------------------------------

@@ -402,7 +402,8 @@ def test_source_5xx_is_retried_and_the_signature_never_logged(files, destination
     assert "topsecret" not in caplog.text and "AKIA" not in caplog.text
 
 
-def test_s3_503s_are_retried_without_regenerating(files, flaky_s3, destination, s3_client):
+def test_s3_503s_are_retried_without_regenerating(files, flaky_s3, destination, s3_client,
+                                                  record_outcome):
     flaky = destination.model_copy(update={"endpoint_url": flaky_s3.endpoint})
     url = files.add("/a.jpg", body=make_image())
     flaky_s3.fail_next = 7  # > botocore's 5 attempts per call: our own retry kicks in too
@@ -410,6 +411,10 @@ def test_s3_503s_are_retried_without_regenerating(files, flaky_s3, destination, 
     assert flaky_s3.failed == 7
     assert files.hits["/a.jpg"] == 1  # head_object failed first, before any download
     assert keys(s3_client, destination.bucket) == [stored.key]
+    record_outcome("S3 answers 503 SlowDown for a while (7 calls)",
+                   "retried the upload from the same download; no new prediction",
+                   created=0, left_running=0, 
+                   outputs_lost=1 - len(keys(s3_client, destination.bucket)))
 
 
 def test_s3_down_for_good_is_storage_failed_naming_every_index(files, flaky_s3, destination,
