@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 
 class ReplicateCredentials(CredentialsBlock):
@@ -25,8 +25,8 @@ class ReplicateCredentials(CredentialsBlock):
 
     _block_type_name = "Seedream Replicate Credentials"
     _block_type_slug = "seedream-replicate-credentials"
-    _logo_url = "https://avatars.githubusercontent.com/u/60410876?s=200&v=4"
-    _documentation_url = "https://replicate.com/docs/topics/security/api-tokens"
+    _logo_url = HttpUrl("https://avatars.githubusercontent.com/u/60410876?s=200&v=4")
+    _documentation_url = HttpUrl("https://replicate.com/docs/topics/security/api-tokens")
 
     api_token: SecretStr = Field(
         default=...,
@@ -52,13 +52,13 @@ class ReplicateCredentials(CredentialsBlock):
         """Build credentials from a plain Prefect `Secret` block saved under `name`."""
         from prefect.blocks.system import Secret
 
-        secret = Secret.load(name, _sync=True)  # type: ignore[call-arg]
+        secret: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
         return cls(api_token=SecretStr(str(secret.get())), base_url=base_url)
 
     def get_client(self, **kwargs: Any) -> Any:
         """A `replicate.Client` authenticated with this token (never the environment's)."""
-        import replicate
+        from replicate.client import Client
 
         token = self.api_token.get_secret_value()
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
-        return replicate.Client(api_token=token, base_url=self.base_url, headers=headers, **kwargs)
+        return Client(api_token=token, base_url=self.base_url, headers=headers, **kwargs)

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(generate)
     edit = commands.add_parser("edit", help="edit images with one instruction")
     edit.add_argument("instruction")
-    edit.add_argument("images", nargs="+", help="s3:// URIs or https URLs (local files with --sandbox)")
+    edit.add_argument("images", nargs="+",
+                      help="s3:// URIs or https URLs (local files with --sandbox)")
     edit.add_argument("--aspect-ratio", default="match_input_image")
     _common(edit)
     sandbox = commands.add_parser("sandbox", help="serve the local Replicate-compatible sandbox")
@@ -92,9 +93,8 @@ def _sandbox_sources(images: list[str], s3: Any) -> list[str]:
 def _destination(args: argparse.Namespace) -> Any:
     if not args.bucket:
         return None
-    from tasks.seedream_settings import get_settings
-
     from blocks.s3_destination import S3Destination
+    from tasks.seedream_settings import get_settings
 
     settings = get_settings()
     return S3Destination(

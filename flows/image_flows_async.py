@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.replicate_credentials import ReplicateCredentials
 from blocks.s3_destination import S3Destination
+from flows.events import emit_images_stored
 from flows.flow_support import (
     build_request,
     check_bucket,
@@ -71,6 +72,7 @@ async def arun_prediction(
     await to_thread.run_sync(functools.partial(
         publish_report, title, finished, stored, destination, seconds=time.monotonic() - started
     ))
+    emit_images_stored(finished, stored)  # seedream.images.stored (sync: only queues the event)
     return stored
 
 
@@ -85,7 +87,7 @@ async def _target(
 
 @task(
     name="Generate images",
-    description="Generates images with Seedream 4 from a text prompt and stores them in S3 (async).",
+    description="Generates images with Seedream 4 from a prompt and stores them in S3 (async).",
     cache_policy=NO_CACHE,
 )
 async def agenerate_images(

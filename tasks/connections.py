@@ -46,7 +46,8 @@ def resolve_credentials(credentials: ReplicateCredentials | str | None) -> Repli
         return credentials
     name = credentials or get_settings().credentials_block
     if name:
-        return ReplicateCredentials.load(name, _sync=True)  # type: ignore[call-arg,no-any-return]
+        loaded: ReplicateCredentials = ReplicateCredentials.load(name, _sync=True)  # type: ignore[call-arg,assignment]
+        return loaded
     token = os.environ.get("REPLICATE_API_TOKEN", "").strip()
     if not token:
         raise AuthenticationFailed(
@@ -84,7 +85,8 @@ def resolve_destination(destination: S3Destination | str | None) -> S3Destinatio
     settings = get_settings()
     name = destination or settings.destination_block
     if name:
-        return S3Destination.load(name, _sync=True)  # type: ignore[call-arg,no-any-return]
+        found: S3Destination = S3Destination.load(name, _sync=True)  # type: ignore[call-arg,assignment]
+        return found
     if not settings.bucket:
         raise ValueError(
             "no S3 destination: pass an S3Destination block (or its name), set "

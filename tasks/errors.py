@@ -103,7 +103,7 @@ class PredictionTimedOut(SeedreamError):
 
 
 class OutputExpired(SeedreamError):
-    """Replicate removed the outputs (about an hour after the prediction) before they were stored."""
+    """Replicate removed the outputs (about an hour after the prediction) before storing."""
 
 
 class StorageFailed(SeedreamError):
@@ -111,7 +111,9 @@ class StorageFailed(SeedreamError):
 
     retryable = True
 
-    def __init__(self, message: str, *, prediction_id: str | None, index: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, prediction_id: str | None, index: int | None = None
+    ) -> None:
         super().__init__(message, prediction_id=prediction_id)
         self.index = index
 

@@ -77,7 +77,7 @@ def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
     with get_client(sync_client=True) as client:
         response = client.request(
             "POST",
-            "/variables/filter",  # type: ignore[arg-type]
+            "/variables/filter",
             json={"variables": {"name": {"like_": f"{PREFIX}{flow_run_id}-%"}}, "limit": 200},
         )
     found = []

@@ -69,7 +69,8 @@ async def acreate_prediction(
     await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
     created = await plan.api.arun(plan.create(), on_note=plan.log.info)
     with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
-        return await to_thread.run_sync(plan.created, created)
+        recorded: Prediction = await to_thread.run_sync(plan.created, created)
+    return recorded
 
 
 @task(

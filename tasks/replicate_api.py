@@ -99,7 +99,11 @@ class ReplicateApi:
         return client._async_client  # type: ignore[no-any-return]
 
     def run(
-        self, protocol: Protocol, *, on_update: OnUpdate | None = None, on_note: OnNote | None = None
+        self,
+        protocol: Protocol,
+        *,
+        on_update: OnUpdate | None = None,
+        on_note: OnNote | None = None,
     ) -> Any:
         """Drive a protocol with blocking I/O and return its result."""
         reply: Any = None
@@ -121,7 +125,11 @@ class ReplicateApi:
                 _emit(op, on_update, on_note)
 
     async def arun(
-        self, protocol: Protocol, *, on_update: OnUpdate | None = None, on_note: OnNote | None = None
+        self,
+        protocol: Protocol,
+        *,
+        on_update: OnUpdate | None = None,
+        on_note: OnNote | None = None,
     ) -> Any:
         """Drive a protocol on the event loop; never blocks it."""
         reply: Any = None

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Union
+from typing import Any
 
 from tasks.errors import (
     CreateOutcomeUnknown,
@@ -58,7 +58,7 @@ class Note:
     message: str
 
 
-Op = Union[ApiRequest, Sleep, Update, Note]
+Op = ApiRequest | Sleep | Update | Note
 Protocol = Generator[Op, Any, Any]
 
 
@@ -90,7 +90,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter for attempt 1, 2, ..."""
-        raw = min(self.max_backoff, self.base_backoff * 2 ** max(0, attempt - 1))
+        raw = min(self.max_backoff, self.base_backoff * 2.0 ** max(0, attempt - 1))
         return raw * random.uniform(0.8, 1.2)
 
 
@@ -156,7 +156,7 @@ def create(
         except SendFailed as exc:
             if exc.maybe_sent:
                 window_start = window_start or sent_at
-                yield Note(f"create got no answer ({exc}); looking for the prediction it may have made")
+                yield Note(f"create got no answer ({exc}); looking for what it may have made")
                 found = yield from _find_lost(model, input, window_start, policy, exclude_ids)
                 if found is not None:
                     yield Note(f"re-attached to prediction {found.id} made by the lost create")
@@ -174,7 +174,9 @@ def create(
         if response.ok:
             prediction = parse_prediction(response)
             if window_start is not None:
-                yield from _cancel_twins(model, input, window_start, prediction.id, policy, exclude_ids)
+                yield from _cancel_twins(
+                    model, input, window_start, prediction.id, policy, exclude_ids
+                )
             return prediction
         if response.status == 429:
             wait = retry_after_seconds(response)

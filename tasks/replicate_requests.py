@@ -63,8 +63,8 @@ def format_duration(seconds: float) -> str:
     total = max(1, round(seconds))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{value}{unit}" for value, unit in parts if value)
 
 
 def build_create(
@@ -159,7 +159,9 @@ def error_for(response: ApiResponse, *, prediction_id: str | None = None) -> See
     if status in (400, 413, 422):
         return InvalidInput(f"Replicate rejected the input: {detail}", prediction_id=prediction_id)
     if status == 404:
-        return SeedreamError(f"not found on Replicate (HTTP 404: {detail})", prediction_id=prediction_id)
+        return SeedreamError(
+            f"not found on Replicate (HTTP 404: {detail})", prediction_id=prediction_id
+        )
     if status == 429:
         return RateLimited(
             f"Replicate rate limit: {detail}",

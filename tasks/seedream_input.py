@@ -67,10 +67,12 @@ class SeedreamInput(BaseModel):
         description="Aspect ratio; used only when size is not custom.",
     )
     width: int | None = Field(
-        default=None, ge=MIN_SIDE, le=MAX_SIDE, description="Width in pixels; only with size=custom."
+        default=None, ge=MIN_SIDE, le=MAX_SIDE,
+        description="Width in pixels; only with size=custom.",
     )
     height: int | None = Field(
-        default=None, ge=MIN_SIDE, le=MAX_SIDE, description="Height in pixels; only with size=custom."
+        default=None, ge=MIN_SIDE, le=MAX_SIDE,
+        description="Height in pixels; only with size=custom.",
     )
     sequential_image_generation: Literal["disabled", "auto"] = Field(
         default="disabled",
@@ -81,7 +83,8 @@ class SeedreamInput(BaseModel):
         description="Most images to generate with sequential_image_generation='auto'.",
     )
     enhance_prompt: bool | None = Field(
-        default=None, description="Prompt enhancement (better quality, slower); None leaves the model default."
+        default=None,
+        description="Prompt enhancement (better quality, slower); None keeps the model default.",
     )
 
     @field_validator("prompt")
@@ -127,7 +130,8 @@ class SeedreamInput(BaseModel):
         total = len(self.image_input) + self.max_images
         if total > MAX_TOTAL_IMAGES:
             raise ValueError(
-                f"image_input ({len(self.image_input)}) + max_images ({self.max_images}) = {total}; "
+                f"image_input ({len(self.image_input)}) + max_images ({self.max_images}) "
+                f"= {total}; "
                 f"Seedream 4 allows at most {MAX_TOTAL_IMAGES} in total"
             )
         return self
