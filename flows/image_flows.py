@@ -14,6 +14,7 @@ from prefect import flow
 
 from blocks.replicate_credentials import ReplicateCredentials
 from blocks.s3_destination import S3Destination
+from flows.events import emit_images_failed, emit_images_stored
 from flows.flow_support import (
     build_request,
     check_bucket,
@@ -60,6 +61,7 @@ def run_prediction(
         finished, destination, key_prefix=key_prefix, expected_size=expected_size
     )
     publish_report(title, finished, stored, destination, seconds=time.monotonic() - started)
+    emit_images_stored(finished, stored)  # seedream.images.stored, for downstream deployments
     return stored
 
 
@@ -67,7 +69,8 @@ def run_prediction(
     name="generate-images",
     description="Generates images with Seedream 4 from a text prompt and stores them in S3.",
     on_cancellation=[cancel_open_predictions],
-    on_crashed=[cancel_open_predictions],
+    on_crashed=[cancel_open_predictions, emit_images_failed],
+    on_failure=[emit_images_failed],
 )
 def generate_images(
     prompt: str,
@@ -114,7 +117,8 @@ def generate_images(
     name="edit-image",
     description="Edits images with one Seedream 4 instruction and stores the results in S3.",
     on_cancellation=[cancel_open_predictions],
-    on_crashed=[cancel_open_predictions],
+    on_crashed=[cancel_open_predictions, emit_images_failed],
+    on_failure=[emit_images_failed],
 )
 def edit_image(
     instruction: str,

@@ -14,34 +14,22 @@ itself, so neither output URLs nor inputs (which may hold presigned URLs) travel
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow
 
 from blocks.replicate_credentials import ReplicateCredentials
 from blocks.s3_destination import S3Destination
 from flows.events import emit_images_failed, emit_images_stored
+from flows.flow_support import build_request, check_bucket
 from flows.image_report import publish_report
 from flows.run_hooks import cancel_open_predictions
 from tasks.connections import resolve_credentials, resolve_destination
-from tasks.errors import StorageFailed
 from tasks.prediction_model import Prediction
 from tasks.prediction_support import raise_for_outcome, validate_input
 from tasks.predictions import await_prediction, create_prediction, get_prediction
 from tasks.seedream_input import output_dimensions
 from tasks.seedream_settings import get_settings
 from tasks.storage import StoredImage, store_outputs
-
-
-def _check_bucket(destination: S3Destination) -> None:
-    try:
-        destination.get_client().head_bucket(Bucket=destination.bucket)
-    except Exception as exc:
-        raise StorageFailed(
-            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
-            "S3Destination before generating, or the paid images would be lost",
-            prediction_id=None,
-        ) from exc
 
 
 def expected_size(prediction: Prediction) -> tuple[int, int] | None:
@@ -84,15 +72,10 @@ def submit_images(
                                       webhook_url="https://hooks.example.com/replicate")
         ```
     """
-    fields: dict[str, Any] = {
-        "prompt": prompt, "size": size, "aspect_ratio": aspect_ratio, "max_images": max_images,
-        "sequential_image_generation": "auto" if max_images > 1 else "disabled",
-    }
-    if enhance_prompt is not None:
-        fields["enhance_prompt"] = enhance_prompt
-    request = validate_input(fields)
+    request = build_request(prompt, size=size, aspect_ratio=aspect_ratio, width=None,
+                            height=None, max_images=max_images, enhance_prompt=enhance_prompt)
     resolve_credentials(credentials)
-    _check_bucket(resolve_destination(destination))
+    check_bucket(resolve_destination(destination))
     settings = get_settings()
     timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
     prediction = create_prediction(

@@ -106,13 +106,15 @@ class MemoryReplayGuard:
     def claim(self, webhook_id: str, timestamp: float) -> bool:
         now = self._clock()
         with self._lock:
-            while self._seen:
+            while self._seen:  # forget expired ids (the oldest come first)
                 oldest, seen_at = next(iter(self._seen.items()))
-                if now - seen_at <= self._ttl and len(self._seen) < self._max:
+                if now - seen_at <= self._ttl:
                     break
                 del self._seen[oldest]
             if webhook_id in self._seen:
                 return False
+            while len(self._seen) >= self._max:  # full: drop the oldest
+                self._seen.popitem(last=False)
             self._seen[webhook_id] = now
             return True
 
