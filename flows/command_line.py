@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="s3:// URIs or https URLs (local files with --sandbox)")
     edit.add_argument("--aspect-ratio", default="match_input_image")
     _common(edit)
-    sandbox = commands.add_parser("sandbox", help="serve the local Replicate-compatible sandbox")
-    sandbox.add_argument("rest", nargs=argparse.REMAINDER)
+    commands.add_parser(
+        "sandbox", add_help=False,
+        help="serve the local Replicate-compatible sandbox (seedream sandbox --help)",
+    )
     return parser
 
 
@@ -164,11 +166,12 @@ def exit_code_for(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `seedream` console script."""
-    args = build_parser().parse_args(argv)
-    if args.command == "sandbox":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sandbox"]:  # its options belong to the sandbox's own parser
         from sandbox.command_line import main as sandbox_main
 
-        return sandbox_main(args.rest)
+        return sandbox_main(argv[1:])
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         return _run(args)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from sandbox.config import image_count, parse_go_duration, parse_prefer_wait
+from sandbox.file_routes import as_data_uris
 from sandbox.http_types import Request, Response, json_response, problem
 from sandbox.input_images import InputImageError, load_inputs
 from sandbox.model_info import (
@@ -160,11 +161,15 @@ def _create(
         app.counters.add("dropped_responses")
         return Response(201, drop=True)
     headers: dict[str, str] = {}
+    payload = app.prediction_json(record)
     if wait is not None:
         view = app.store.wait(record, float(wait))
+        payload = app.prediction_json(record)
         if not view.terminal:
             headers["Location"] = f"{app.base_url}/v1/predictions/{record.id}"
-    return json_response(201, app.prediction_json(record), headers)
+        elif app.config.sync_data_uri_outputs:
+            as_data_uris(app, record, payload)
+    return json_response(201, payload, headers)
 
 
 def get_prediction(app: SandboxApp, request: Request, prediction_id: str) -> Response:

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default=SandboxConfig.retention_seconds,
                         help="seconds outputs are kept after completion")
     parser.add_argument("--no-rate-limits", action="store_true", help="turn rate limits off")
+    parser.add_argument(
+        "--http-outputs", action="store_true",
+        help="answer sync-mode creates with file URLs instead of data: URIs (replicate.run "
+             "then returns plain strings, since the sandbox serves http, not https)",
+    )
     return parser
 
 
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None, stop: threading.Event | None = None) -> 
         queue_seconds=args.queue_seconds,
         retention_seconds=args.retention_seconds,
         rate_limits=not args.no_rate_limits,
+        sync_data_uri_outputs=not args.http_outputs,
     )
     try:
         config.check()

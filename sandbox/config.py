@@ -47,6 +47,10 @@ class SandboxConfig:
         input_fetch_timeout_seconds: Timeout for fetching each `image_input` URL.
         file_cache_bytes: Rendered output files kept in memory, at most this many bytes.
         seed: Seed of the random source used for error shares (None: unseeded).
+        sync_data_uri_outputs: A create answered in sync mode (`Prefer: wait`) carries its
+            outputs as `data:` URIs, as Replicate's did for a while in late 2024; the sandbox
+            serves plain http, which `replicate.run` would hand back as bare strings, so this
+            lets Replicate's own examples (`output[0].read()`) run unchanged. GETs keep URLs.
     """
 
     queue_seconds: float = 0.0
@@ -66,6 +70,7 @@ class SandboxConfig:
     input_fetch_timeout_seconds: float = 10.0
     file_cache_bytes: int = 256 * 1024 * 1024
     seed: int | None = None
+    sync_data_uri_outputs: bool = False
 
     def replace(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied; unknown field names raise `TypeError`.

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandbox.http_types import Request, Response, problem
 from sandbox.rendering import render_jpeg
 
 if TYPE_CHECKING:
     from sandbox.app import SandboxApp
+    from sandbox.prediction_state import PredictionRecord
 
 _FILE = re.compile(r"^/files/([a-z0-9]+)/(\d+)\.jpg$")
 _PAGE = re.compile(r"^/p/([a-z0-9]+)$")
@@ -39,14 +41,7 @@ def handle(app: SandboxApp, request: Request) -> Response:
         if payload is not None and payload["data_removed"]:
             detail = "File not found: the prediction's data was removed after the retention period"
         return problem(404, detail, "Not found")
-    cfg = app.config
-
-    def render() -> bytes:
-        assert record is not None
-        return render_jpeg(record.width, record.height, record.request.prompt, index,
-                           record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
-
-    data = app.files.get((prediction_id, index), render)
+    data = output_bytes(app, record, index)
     if request.method == "HEAD":
         return Response(200, data, "image/jpeg")
     app.counters.add("downloads", prediction_id=prediction_id)
@@ -56,6 +51,26 @@ def handle(app: SandboxApp, request: Request) -> Response:
 
     return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=3600"},
                     bytes_per_second=app.faults.download_rate(), on_sent=sent)
+
+
+def output_bytes(app: SandboxApp, record: PredictionRecord, index: int) -> bytes:
+    """The JPEG of one output, rendered once and cached."""
+    cfg = app.config
+
+    def render() -> bytes:
+        return render_jpeg(record.width, record.height, record.request.prompt, index,
+                           record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
+
+    return app.files.get((record.id, index), render)
+
+
+def as_data_uris(app: SandboxApp, record: PredictionRecord, payload: dict[str, Any]) -> None:
+    """Put the outputs inline as `data:` URIs, as Replicate's sync mode once did (late 2024)."""
+    if payload.get("output"):
+        payload["output"] = [
+            "data:image/jpeg;base64," + base64.b64encode(output_bytes(app, record, i)).decode()
+            for i in range(len(payload["output"]))
+        ]
 
 
 def _page(app: SandboxApp, prediction_id: str) -> Response:
