@@ -6,7 +6,8 @@ stored images. If the run is cancelled or crashes, its hooks cancel what is stil
 The async twins are in `flows.image_flows_async`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Prefect validates parameters against these
+# annotations, and a runner that loads this file by path must find real types, not strings.
 
 import time
 

@@ -12,7 +12,8 @@ A contact sheet is one JPEG with a thumbnail of every image of a set, stored nex
    `contact_sheet` for every `seedream.images.stored` event (see deployments/contact_sheet.py).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Prefect validates parameters against these
+# annotations, and a runner that loads this file by path must find real types, not strings.
 
 import io
 import math

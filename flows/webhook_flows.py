@@ -11,7 +11,8 @@ The event only carries the prediction id and status: `store_prediction` reads th
 itself, so neither output URLs nor inputs (which may hold presigned URLs) travel in events.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Prefect validates parameters against these
+# annotations, and a runner that loads this file by path must find real types, not strings.
 
 import time
 
