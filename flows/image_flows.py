@@ -49,6 +49,7 @@ def run_prediction(
         prediction = create_prediction(
             request, credentials=credentials,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
+            wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
         try:
             finished = await_prediction(

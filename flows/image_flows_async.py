@@ -57,6 +57,7 @@ async def arun_prediction(
         prediction = await acreate_prediction(
             request, credentials=credentials,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
+            wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
         try:
             finished = await aawait_prediction(

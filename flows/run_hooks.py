@@ -6,6 +6,7 @@ flow's own process, so they read the prediction ids from the prediction ledger.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from tasks import prediction_ledger as ledger
@@ -21,15 +22,27 @@ def cancel_open_predictions(flow: Any, flow_run: Any, state: Any) -> None:
     flow_run_id = str(flow_run.id)
     try:
         open_ids = ledger.open_predictions(flow_run_id)
+        pending = ledger.pending_requests(flow_run_id)
     except Exception as exc:
         log.error("Could not read flow run %s's predictions: %s", flow_run_id, type(exc).__name__)
         return
-    if not open_ids:
+    if not open_ids and not pending:
         return
     credentials = (flow_run.parameters or {}).get("credentials")
     if not isinstance(credentials, str):
         credentials = None  # a block passed by value is not available here; use the defaults
     api = replicate_api(credentials)
+    for request in pending:  # sync-mode creates the run never heard back from
+        since = datetime.fromisoformat(str(request["sent_at"]))
+        try:
+            found = api.run(protocol.abandon(str(request["model"]), dict(request["input"]),
+                                             since=since, policy=protocol.RetryPolicy()))
+        except Exception as exc:
+            log.error("Could not look for the run's unanswered create: %s", exc)
+            continue
+        for prediction_id in found:
+            log.warning("Flow run %s ended (%s): cancelled prediction %s, made by a create it "
+                        "never heard back from", flow_run_id, state.name, prediction_id)
     for prediction_id in open_ids:
         try:
             result = api.run(protocol.cancel(prediction_id, policy=protocol.RetryPolicy()))

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
         ReplicateUnavailable,
         SeedreamError,
         StorageFailed,
+        retry_condition,
     )
+    from tasks.output_keys import output_key
     from tasks.prediction_model import Prediction, PredictionStatus
     from tasks.predictions import (
         await_prediction,
@@ -39,10 +41,8 @@ if TYPE_CHECKING:
         aget_prediction,
     )
     from tasks.seedream_input import SeedreamInput
-    from tasks.storage_async import astore_outputs
-    from tasks.errors import retry_condition
-    from tasks.output_keys import output_key
     from tasks.storage import StoredImage, store_output, store_outputs
+    from tasks.storage_async import astore_outputs
 
 _EXPORTS: dict[str, str] = {
     "SeedreamInput": "tasks.seedream_input",

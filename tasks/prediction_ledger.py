@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from datetime import datetime
 from typing import Any
 
 from tasks.prediction_model import PredictionStatus
@@ -40,6 +42,19 @@ def current_flow_run_id() -> str | None:
     return str(value) if value else None
 
 
+# Entries this process has seen, so the common path costs one API call per step: prediction id
+# -> entry name (for `settle`), and names known to exist (update instead of create).
+_lock = threading.Lock()
+_entry_of: dict[str, str] = {}
+_existing: set[str] = set()
+
+
+def _note(name: str, prediction_id: str) -> None:
+    with _lock:
+        _entry_of[prediction_id] = name
+        _existing.add(name)
+
+
 def recall(name: str) -> dict[str, Any] | None:
     """The entry saved under `name`, or None (also when the API cannot be reached)."""
     from prefect.client.orchestration import get_client
@@ -51,27 +66,69 @@ def recall(name: str) -> dict[str, Any] | None:
         logger.warning("could not read prediction ledger entry %s: %s", name, type(exc).__name__)
         return None
     value = variable.value if variable is not None else None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    if value.get("prediction_id"):
+        _note(name, str(value["prediction_id"]))
+    return value
 
 
 def remember(name: str, prediction_id: str, status: PredictionStatus | str) -> None:
-    """Create or update an entry; failures are logged, never raised."""
+    """Create or update an entry (one API call when this process knows which); failures are
+    logged, never raised."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+    from prefect.exceptions import ObjectAlreadyExists
 
     value = {"prediction_id": prediction_id, "status": PredictionStatus(status).value}
     try:
         with get_client(sync_client=True) as client:
-            if client.read_variable_by_name(name) is None:
-                client.create_variable(VariableCreate(name=name, value=value, tags=["seedream"]))
+            if name not in _existing:
+                try:
+                    client.create_variable(
+                        VariableCreate(name=name, value=value, tags=["seedream"])
+                    )
+                except ObjectAlreadyExists:
+                    client.update_variable(VariableUpdate(name=name, value=value))
             else:
                 client.update_variable(VariableUpdate(name=name, value=value))
+        _note(name, prediction_id)
     except Exception as exc:
         logger.warning("could not write prediction ledger entry %s: %s", name, type(exc).__name__)
 
 
-def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every ledger entry of one flow run, as (variable name, value)."""
+def fingerprint(model: str, input: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a request in the list of predictions, safe to store: image URLs (which may
+    be presigned) are replaced by placeholders, since they are compared by count only."""
+    safe = dict(input)
+    if "image_input" in safe:
+        safe["image_input"] = ["(url)"] * len(safe["image_input"])
+    return {"model": model, "input": safe}
+
+
+def remember_pending(name: str, sent_at: datetime, model: str, input: dict[str, Any]) -> None:
+    """Before a sync-mode create (whose id arrives only with its answer): note that one is on its
+    way, so a crash or cancel in between can still find the prediction by its request."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    value = {"prediction_id": None, "status": "pending", "sent_at": sent_at.isoformat(),
+             **fingerprint(model, input)}
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.create_variable(VariableCreate(name=name, value=value, tags=["seedream"]))
+            except ObjectAlreadyExists:
+                client.update_variable(VariableUpdate(name=name, value=value))
+        with _lock:
+            _existing.add(name)
+    except Exception as exc:
+        logger.warning("could not write prediction ledger entry %s: %s", name, type(exc).__name__)
+
+
+def _all(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every ledger entry of one flow run, as (variable name, value). Limit: 200 per run."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -80,12 +137,19 @@ def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
             "/variables/filter",
             json={"variables": {"name": {"like_": f"{PREFIX}{flow_run_id}-%"}}, "limit": 200},
         )
-    found = []
-    for variable in response.json():
-        value = variable.get("value")
-        if isinstance(value, dict) and value.get("prediction_id"):
-            found.append((str(variable["name"]), value))
-    return found
+    return [
+        (str(v["name"]), v["value"]) for v in response.json() if isinstance(v.get("value"), dict)
+    ]
+
+
+def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The entries of one flow run that name a prediction."""
+    return [(name, value) for name, value in _all(flow_run_id) if value.get("prediction_id")]
+
+
+def pending_requests(flow_run_id: str) -> list[dict[str, Any]]:
+    """This flow run's sync-mode creates that never heard their answer."""
+    return [value for _, value in _all(flow_run_id) if value.get("status") == "pending"]
 
 
 def _is_terminal(status: object) -> bool:
@@ -108,6 +172,10 @@ def settle(prediction_id: str, status: PredictionStatus) -> None:
     """Record a prediction's terminal state in the current flow run's ledger, if any."""
     flow_run_id = current_flow_run_id()
     if not flow_run_id:
+        return
+    known = _entry_of.get(prediction_id)
+    if known is not None and known.startswith(f"{PREFIX}{flow_run_id}-"):
+        remember(known, prediction_id, status)
         return
     try:
         for name, value in entries(flow_run_id):

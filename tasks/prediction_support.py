@@ -4,6 +4,7 @@ progress logging and outcome mapping. No I/O of its own beyond resolving credent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -11,9 +12,16 @@ from pydantic import ValidationError
 from tasks import prediction_ledger as ledger
 from tasks import replicate_protocol as protocol
 from tasks.connections import _log, replicate_api
-from tasks.errors import InvalidInput, PredictionAborted, PredictionCanceled, PredictionFailed
+from tasks.errors import (
+    InvalidInput,
+    PredictionAborted,
+    PredictionCanceled,
+    PredictionFailed,
+    SeedreamError,
+)
 from tasks.prediction_model import Prediction, PredictionStatus
 from tasks.replicate_api import ReplicateApi
+from tasks.replicate_requests import created_at
 from tasks.seedream_input import SeedreamInput, describe_errors
 from tasks.seedream_settings import get_settings
 
@@ -52,20 +60,40 @@ class CreatePlan:
     entry: str | None  # prediction-ledger entry, inside a flow run
     options: dict[str, Any]
     log: Any
+    sent_at: datetime | None = None
 
     def reattach(self, saved: dict[str, Any]) -> protocol.Protocol:
-        return protocol.get(str(saved["prediction_id"]), policy=retry_policy())
+        """Read the saved prediction, or find the one a pending sync-mode create made."""
+        if saved.get("prediction_id"):
+            return protocol.get(str(saved["prediction_id"]), policy=retry_policy())
+        since = datetime.fromisoformat(str(saved.get("sent_at")))
+        return protocol.find(self.model, self.body, since=since, policy=retry_policy())
+
+    def pending(self) -> None:
+        """Before a sync-mode create, whose id comes only with its answer: note it's on its way."""
+        self.sent_at = protocol.utcnow()
+        if self.entry and self.options.get("wait_seconds"):
+            ledger.remember_pending(self.entry, self.sent_at, self.model, self.body)
+
+    def interrupted(self, exc: BaseException) -> protocol.Protocol | None:
+        """After a create was interrupted from outside (cancel, timeout, Ctrl-C): a protocol that
+        cancels whatever it made. None for the create's own errors, which made nothing."""
+        if isinstance(exc, SeedreamError) or self.sent_at is None:
+            return None
+        return protocol.abandon(self.model, self.body, since=self.sent_at, policy=retry_policy())
 
     def create(self) -> protocol.Protocol:
         return protocol.create(self.model, self.body, now=protocol.utcnow, policy=retry_policy(),
                                **self.options)
 
-    def reattached(self, prediction: Prediction) -> Prediction | None:
+    def reattached(self, prediction: Prediction | None) -> Prediction | None:
         """The saved prediction if it is worth re-attaching to, else None (create anew).
 
         Running or succeeded: re-attach, never pay twice. Failed, canceled or aborted: that
         attempt is over, and the retry that brought us here wants a new one.
         """
+        if prediction is None:
+            return None
         if prediction.status.is_terminal and prediction.status is not PredictionStatus.SUCCEEDED:
             self.log.info("Prediction %s from an earlier attempt ended %s; creating a new one",
                           prediction.id, prediction.status.value)
@@ -137,6 +165,7 @@ class WaitPlan:
     prediction_id: str
     progress: Progress
     wait: protocol.Protocol
+    already: Prediction | None = None  # handed over already finished: nothing to poll
 
     def cancel(self) -> protocol.Protocol:
         return protocol.cancel(self.prediction_id, policy=retry_policy())
@@ -171,16 +200,18 @@ def plan_wait(
     prediction_id = prediction if isinstance(prediction, str) else prediction.id
     settings = get_settings()
     timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
-    expected = None
+    expected, elapsed, already = None, 0.0, None
     if not isinstance(prediction, str):
         expected = _recent_seconds.get(str(prediction.input.get("size")))
+        elapsed = max(0.0, (protocol.utcnow() - created_at(prediction)).total_seconds())
+        already = prediction if prediction.status.is_terminal else None
     schedule = protocol.PollSchedule(
         initial=settings.poll_initial_seconds, max_interval=settings.poll_max_seconds,
         expected_seconds=expected,
     )
     wait = protocol.wait(prediction_id, timeout_seconds=timeout, now=protocol.utcnow,
-                         policy=retry_policy(), schedule=schedule)
-    return WaitPlan(replicate_api(credentials), prediction_id, Progress(_log()), wait)
+                         policy=retry_policy(), schedule=schedule, already_elapsed=elapsed)
+    return WaitPlan(replicate_api(credentials), prediction_id, Progress(_log()), wait, already)
 
 
 def raise_for_outcome(prediction: Prediction) -> Prediction:

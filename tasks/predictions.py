@@ -77,7 +77,14 @@ def create_prediction(
     if saved and (earlier := plan.reattached(plan.api.run(plan.reattach(saved)))):
         return earlier
     acquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
-    return plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
+    plan.pending()
+    try:
+        created = plan.api.run(plan.create(), on_note=plan.log.info)
+    except BaseException as exc:
+        if (cleanup := plan.interrupted(exc)) is not None:
+            plan.api.run(cleanup, on_note=plan.log.warning)
+        raise
+    return plan.created(created)
 
 
 @task(
@@ -113,6 +120,9 @@ def await_prediction(
     prediction; any other way out (task timeout, Ctrl-C, cancellation) also cancels it.
     """
     plan = plan_wait(prediction, credentials, timeout_seconds)
+    if plan.already is not None:
+        plan.progress(plan.already)
+        return plan.finished(plan.already)
     try:
         final: Prediction = plan.api.run(plan.wait, on_update=plan.progress,
                                          on_note=plan.progress.log.info)

@@ -67,7 +67,14 @@ async def acreate_prediction(
     if saved and (earlier := plan.reattached(await plan.api.arun(plan.reattach(saved)))):
         return earlier
     await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
-    created = await plan.api.arun(plan.create(), on_note=plan.log.info)
+    await to_thread.run_sync(plan.pending)
+    try:
+        created = await plan.api.arun(plan.create(), on_note=plan.log.info)
+    except BaseException as exc:
+        if (cleanup := plan.interrupted(exc)) is not None:
+            with anyio.CancelScope(shield=True):
+                await plan.api.arun(cleanup, on_note=plan.log.warning)
+        raise
     with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
         recorded: Prediction = await to_thread.run_sync(plan.created, created)
     return recorded
@@ -100,6 +107,9 @@ async def aawait_prediction(
 ) -> Prediction:
     """Async `await_prediction`. Cancelled or timed out, it still cancels the prediction."""
     plan = await to_thread.run_sync(plan_wait, prediction, credentials, timeout_seconds)
+    if plan.already is not None:
+        plan.progress(plan.already)
+        return await to_thread.run_sync(plan.finished, plan.already)
     try:
         final: Prediction = await plan.api.arun(plan.wait, on_update=plan.progress,
                                                 on_note=plan.progress.log.info)

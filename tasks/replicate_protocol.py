@@ -244,6 +244,24 @@ def _find_lost(
     return None
 
 
+def find(model: str, input: dict[str, Any], *, since: datetime, policy: RetryPolicy) -> Protocol:
+    """The prediction a create sent at `since` made, if any (oldest match), else None."""
+    found: Prediction | None = yield from _find_lost(model, input, since, policy, frozenset())
+    return found
+
+
+def abandon(model: str, input: dict[str, Any], *, since: datetime, policy: RetryPolicy) -> Protocol:
+    """Cancel whatever an interrupted create sent at `since` made; returns the ids cancelled."""
+    matches = yield from _recent_matches(model, input, since, policy, frozenset())
+    cancelled = []
+    for match in matches or []:
+        if not match.status.is_terminal:
+            yield Note(f"cancelling {match.id}, made by a create that was interrupted")
+            yield from cancel(match.id, policy=policy)
+            cancelled.append(match.id)
+    return cancelled
+
+
 def _cancel_twins(
     model: str, input: dict[str, Any], since: datetime, keep_id: str, policy: RetryPolicy,
     exclude_ids: frozenset[str],
@@ -283,8 +301,12 @@ def wait(
     now: Callable[[], datetime],
     policy: RetryPolicy,
     schedule: PollSchedule,
+    already_elapsed: float = 0.0,
 ) -> Protocol:
     """Poll until the prediction is terminal; raise `PredictionTimedOut` at the deadline.
+
+    `already_elapsed` is how long the prediction has existed before this wait began (e.g. a
+    sync-mode create), so the schedule's expected run time lines up with the prediction's.
 
     A 404 in the first seconds, a 5xx, a 429 or a dropped connection does not fail the wait.
     The caller cancels the prediction when this raises or is cancelled.
@@ -330,7 +352,7 @@ def wait(
                 prediction_id=prediction_id,
             )
         if delay is None:
-            delay = schedule.next_delay((now() - started).total_seconds())
+            delay = schedule.next_delay((now() - started).total_seconds() + already_elapsed)
         yield Sleep(min(delay, remaining))
 
 
@@ -362,5 +384,5 @@ def utcnow() -> datetime:
 
 __all__ = [
     "Note", "PollSchedule", "RetryPolicy", "SeedreamError", "SendFailed", "Sleep", "Update",
-    "cancel", "create", "get", "utcnow", "wait",
+    "abandon", "cancel", "create", "find", "get", "utcnow", "wait",
 ]

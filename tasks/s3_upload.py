@@ -4,7 +4,9 @@ The one place in the plugin that talks to S3 while storing outputs. A source is 
 chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) into one reusable
 5 MiB part buffer per transfer and sent with `put_object` (small files) or a multipart upload
 that is aborted on any error. Memory per transfer is one part buffer plus one download chunk,
-whatever the image size. (boto3's `upload_fileobj` on a non-seekable stream holds the
+whatever the image size. An output smaller than one part is checked in that buffer and sent
+with a single PUT straight to its final key; a larger one goes through a temporary key and a
+server-side copy. (boto3's `upload_fileobj` on a non-seekable stream holds the
 threshold read-ahead plus several queued parts, about 3-4x as much; see bench/bench_storage.py.)
 """
 
@@ -178,14 +180,17 @@ class HashingReader:
 
 
 def upload_stream(client: S3Client, bucket: str, key: str, reader: HashingReader,
-                  content_type: str) -> None:
+                  content_type: str, *, buffer: bytearray | None = None,
+                  size: int | None = None) -> None:
     """Upload everything `reader` yields to `key`, one `PART_SIZE` buffer at a time.
 
     Each request carries an S3 SHA-256 checksum of its bytes; a multipart upload is aborted
-    on any error, so no partial object ever appears.
+    on any error, so no partial object ever appears. `buffer` and `size` hand over a first
+    part already read.
     """
-    buffer = bytearray(PART_SIZE)
-    size = reader.readinto(buffer)
+    if buffer is None or size is None:
+        buffer = bytearray(PART_SIZE)
+        size = reader.readinto(buffer)
     common: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumAlgorithm": "SHA256"}
     if size < PART_SIZE:
         client.put_object(Body=bytes(buffer[:size]), ContentType=content_type, **common)
@@ -238,6 +243,43 @@ def head_metadata(client: S3Client, bucket: str, key: str) -> dict[str, Any] | N
         raise classify_s3_error(exc, "head_object") from None
 
 
+def _read_first_part(reader: HashingReader) -> tuple[bytearray, int]:
+    buffer = bytearray(PART_SIZE)
+    try:
+        return buffer, reader.readinto(buffer)
+    except httpx.TransportError as exc:
+        raise Transient(f"The download broke off: {type(exc).__name__}.") from None
+
+
+def _checked(client: S3Client, bucket: str, key: str, server_sha: str | None,
+             sha_hex: str) -> str:
+    expected = base64.b64encode(bytes.fromhex(sha_hex)).decode()
+    if server_sha and server_sha != expected:
+        _delete_quietly(client, bucket, key)
+        raise Transient("S3's SHA-256 of the stored object differs from the downloaded bytes.")
+    return sha_hex
+
+
+def _put_whole(
+    client: S3Client, *, bucket: str, final_key: str, reader: HashingReader,
+    buffer: bytearray, size: int, content_type: str, finish: Callable[[], dict[str, str]],
+) -> str:
+    """An object smaller than one part: checked whole in memory, then one atomic PUT."""
+    if not reader.exhausted:  # defensive: a short read means the stream ended
+        raise Transient("The upload finished before the download did.")
+    metadata = finish()
+    sha_hex = reader.hexdigest()
+    del buffer[size:]  # the body itself, without a copy
+    try:
+        result = client.put_object(
+            Bucket=bucket, Key=final_key, Body=buffer,  # type: ignore[arg-type]  # bytearray is fine
+            ContentType=content_type, Metadata=metadata, ChecksumAlgorithm="SHA256",
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise classify_s3_error(exc, "put_object") from None
+    return _checked(client, bucket, final_key, result.get("ChecksumSHA256"), sha_hex)
+
+
 def upload_then_publish(
     client: S3Client,
     *,
@@ -248,21 +290,28 @@ def upload_then_publish(
     content_type: str,
     finish: Callable[[], dict[str, str]],
 ) -> str:
-    """Upload `reader` to `temp_key`, run `finish()`, copy to `final_key`, delete the temp key.
+    """Store `reader` under `final_key` only once it is whole and `finish()` accepted it.
 
-    The final key only ever receives a server-side copy of an object that was uploaded whole
-    and passed `finish()` (which checks the image and returns the metadata). The copy asks S3
-    for a full-object SHA-256 (`ChecksumAlgorithm="SHA256"`) and compares it with the hash taken
-    while streaming; on mismatch the final object is deleted again.
+    `finish()` checks the image and returns the metadata. An object smaller than `PART_SIZE`
+    is already whole in the part buffer, so it is checked there and sent with one `put_object`
+    straight to `final_key` (a PUT is all-or-nothing; S3 verifies its SHA-256). A larger one is
+    uploaded to `temp_key`, checked, copied server-side to `final_key` with a full-object
+    SHA-256 (`ChecksumAlgorithm="SHA256"`), and the temporary key is deleted. Either way the
+    hash taken while streaming is compared with S3's; on mismatch the final object is deleted.
 
     Returns:
         The SHA-256 (hex) of the stored bytes.
     """
+    buffer, size = _read_first_part(reader)
+    if size < PART_SIZE:
+        return _put_whole(client, bucket=bucket, final_key=final_key, reader=reader,
+                          buffer=buffer, size=size, content_type=content_type, finish=finish)
     uploaded = False
     try:
         try:
             uploaded = True  # from here on, clean up the temporary key whatever happens
-            upload_stream(client, bucket, temp_key, reader, content_type)
+            upload_stream(client, bucket, temp_key, reader, content_type, buffer=buffer,
+                          size=size)
         except (ClientError, BotoCoreError) as exc:
             raise classify_s3_error(exc, "upload") from None
         except httpx.TransportError as exc:
@@ -284,11 +333,7 @@ def upload_then_publish(
         except (ClientError, BotoCoreError) as exc:
             raise classify_s3_error(exc, "copy_object") from None
         server_sha = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
-        expected = base64.b64encode(bytes.fromhex(sha_hex)).decode()
-        if server_sha and server_sha != expected:
-            _delete_quietly(client, bucket, final_key)
-            raise Transient("S3's SHA-256 of the stored object differs from the downloaded bytes.")
-        return sha_hex
+        return _checked(client, bucket, final_key, server_sha, sha_hex)
     finally:
         if uploaded:
             _delete_quietly(client, bucket, temp_key)

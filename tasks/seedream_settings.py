@@ -44,6 +44,13 @@ class SeedreamSettings(BaseSettings):
         default=60.0, ge=0,
         description="Added to the timeout for the server-side Cancel-After deadline.",
     )
+    sync_wait_seconds: int = Field(
+        default=60, ge=0, le=60,
+        description=(
+            "The flows hold each create open this long (Replicate's sync mode) so most "
+            "predictions need no polling at all; 0 turns it off."
+        ),
+    )
     poll_initial_seconds: float = Field(default=0.5, gt=0, description="First poll interval.")
     poll_max_seconds: float = Field(default=5.0, gt=0, description="Longest poll interval.")
     interrupted_retries: int = Field(

@@ -5,7 +5,9 @@ Guarantees, per output:
 - streamed, never held whole in memory (see `tasks.s3_upload`);
 - SHA-256 taken on the way, checked against S3's own full-object SHA-256 and kept in metadata;
 - Content-Type from the bytes, not the URL; header and end marker checked (`tasks.image_checks`);
-- written to a temporary key and copied to its final key only when complete and valid;
+- written to its final key only when complete and valid: an output smaller than one part is
+  checked in memory and sent with one PUT, a larger one is uploaded to a temporary key and
+  copied to its final key;
 - deterministic keys `{prefix}/{prediction_id}/{index}.{ext}`: a retry finds what is stored
   and neither uploads nor overwrites it again.
 """

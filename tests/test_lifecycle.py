@@ -303,3 +303,49 @@ def test_retry_condition_retries_interruptions_but_not_content_policy(
     with pytest.raises(PredictionFailed):
         pipeline("flagged")
     assert len(made(seedream_sandbox)) == 3  # no retry after a content-policy failure
+
+
+def test_rerun_after_dying_inside_a_sync_create_reattaches(
+    credentials: ReplicateCredentials, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
+    import replicate
+
+    from tasks import prediction_ledger as ledger
+    from tasks.replicate_protocol import utcnow
+    from tasks.seedream_input import MODEL_SLUG
+
+    @flow
+    def rerun_of_a_crashed_run() -> str:
+        body = REQUEST.to_request()
+        flow_run_id = ledger.current_flow_run_id()
+        assert flow_run_id
+        entry = ledger.entry_name(flow_run_id, ledger.request_key(MODEL_SLUG, body))
+        # The earlier attempt noted its sync-mode create, sent it, and died before the answer.
+        sent_at = utcnow()
+        ledger.remember_pending(entry, sent_at, MODEL_SLUG, body)
+        client = replicate.Client(api_token=seedream_sandbox.api_token,
+                                  base_url=seedream_sandbox.base_url)
+        client.models.predictions.create(model=MODEL_SLUG, input=body)
+        return create_prediction(REQUEST, credentials=credentials, wait_seconds=30).id  # type: ignore[no-any-return]
+
+    reattached = rerun_of_a_crashed_run()
+    assert [p["id"] for p in made(seedream_sandbox)] == [reattached]
+    record_outcome("process died inside a sync-mode create; the run is re-run",
+                   "pending ledger entry found; the prediction found by its request and reused",
+                   created=len(made(seedream_sandbox)), left_running=0)
+
+
+def test_interrupted_sync_create_cancels_what_it_made(
+    credentials: ReplicateCredentials, seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.configure(run_seconds=30)
+
+    @flow
+    async def impatient() -> None:
+        await acreate_prediction.with_options(timeout_seconds=2)(
+            REQUEST, credentials=credentials, wait_seconds=60)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(impatient())
+    assert len(made(seedream_sandbox)) == 1
+    assert running(seedream_sandbox) == []
