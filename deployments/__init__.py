@@ -7,8 +7,9 @@ Re-exported lazily, so `python -m deployments.webhook_receiver` does not import 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tasks.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from deployments.registry import build_all
@@ -18,14 +19,4 @@ _EXPORTS = {"build_all": "deployments.registry"}
 __all__ = ["build_all"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deployments' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("deployments", _EXPORTS)

@@ -5,10 +5,12 @@ Re-exported lazily so the `seedream` command starts fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tasks.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
+    from flows.batch_flows import generate_batch
     from flows.image_flows import edit_image, generate_images
     from flows.image_flows_async import aedit_image, agenerate_images
 
@@ -17,19 +19,10 @@ _EXPORTS = {
     "edit_image": "flows.image_flows",
     "agenerate_images": "flows.image_flows_async",
     "aedit_image": "flows.image_flows_async",
+    "generate_batch": "flows.batch_flows",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flows' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("flows", _EXPORTS)

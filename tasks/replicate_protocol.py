@@ -274,11 +274,12 @@ def _cancel_twins(
             yield from cancel(twin.id, policy=policy)
 
 
-def get(prediction_id: str, *, policy: RetryPolicy) -> Protocol:
-    """One read of a prediction; transient errors are retried a few times."""
+def _one_call(request: ApiRequest, prediction_id: str, policy: RetryPolicy,
+              *, missing_ok: bool) -> Protocol:
+    """One request about a prediction; transient failures are retried twice more."""
     for attempt in range(1, 4):
         try:
-            response: ApiResponse = yield build_get(prediction_id)
+            response: ApiResponse = yield request
         except SendFailed as exc:
             if attempt == 3:
                 raise ReplicateUnavailable(
@@ -288,10 +289,19 @@ def get(prediction_id: str, *, policy: RetryPolicy) -> Protocol:
             continue
         if response.ok:
             return parse_prediction(response)
+        if response.status == 404 and missing_ok:
+            return None
         if response.status not in TRANSIENT_STATUSES | {429} or attempt == 3:
             raise error_for(response, prediction_id=prediction_id)
         yield Sleep(retry_after_seconds(response) or policy.backoff(attempt))
     raise AssertionError("unreachable")
+
+
+def get(prediction_id: str, *, policy: RetryPolicy) -> Protocol:
+    """One read of a prediction; transient errors are retried a few times."""
+    found: Prediction = yield from _one_call(build_get(prediction_id), prediction_id, policy,
+                                             missing_ok=False)
+    return found
 
 
 def wait(
@@ -358,24 +368,9 @@ def wait(
 
 def cancel(prediction_id: str, *, policy: RetryPolicy) -> Protocol:
     """Cancel idempotently: a terminal or unknown prediction is left as it is."""
-    for attempt in range(1, 4):
-        try:
-            response: ApiResponse = yield build_cancel(prediction_id)
-        except SendFailed as exc:
-            if attempt == 3:
-                raise ReplicateUnavailable(
-                    f"could not reach Replicate: {exc}", prediction_id=prediction_id
-                ) from exc
-            yield Sleep(policy.backoff(attempt))
-            continue
-        if response.ok:
-            return parse_prediction(response)
-        if response.status == 404:
-            return None
-        if response.status not in TRANSIENT_STATUSES | {429} or attempt == 3:
-            raise error_for(response, prediction_id=prediction_id)
-        yield Sleep(retry_after_seconds(response) or policy.backoff(attempt))
-    return None
+    result: Prediction | None = yield from _one_call(build_cancel(prediction_id), prediction_id,
+                                                     policy, missing_ok=True)
+    return result
 
 
 def utcnow() -> datetime:
