@@ -1,0 +1,140 @@
+"""Figures 3 and 4: memory and throughput of the storage path.
+
+One sandbox prediction with 15 outputs at 4K (sandbox JPEGs, ~5 MB each), rendered before timing,
+stored into moto's S3 server (both servers in their own processes). Each measurement runs in a
+fresh Python process that samples its own RSS every 5 ms:
+
+- `stream`: `store_outputs` (streamed, hashed, temp key + server-side copy), 4 transfers at once;
+- `naive`: 4 threads that each read an output whole (`httpx.get`) and `put_object` it.
+
+Interleaved stream, naive, stream, naive, ...; plus one run of each with 5 outputs, to show that
+peak growth does not depend on the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from bench.common import QUICK, ROOT, RssSampler, bench_env, median
+from bench.servers import MotoProcess, SandboxProcess
+
+COUNT = 6 if QUICK else 15
+CONCURRENCY = 4
+ROUNDS = 1 if QUICK else 3
+
+
+def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
+    """One measurement, in this (fresh) process."""
+    bench_env()
+    import httpx
+    from prefect.logging import disable_run_logger
+
+    from bench.common import destination, s3_client
+    from tasks.prediction_model import Prediction
+    from tasks.storage import store_outputs
+
+    bucket = f"bench-{mode}-{os.getpid()}"
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=bucket)
+    dest = destination(endpoint, bucket)
+    http = httpx.Client(timeout=60)
+    # Warm imports, connection pools and Pillow plugins outside the measurement.
+    warm = Prediction.from_api({"id": "warm", "status": "succeeded", "output": urls[:1]})
+    with disable_run_logger():
+        store_outputs.fn(warm, dest)
+    http.get(urls[0]).raise_for_status()
+
+    def naive(job: tuple[int, str]) -> int:
+        index, url = job
+        body = http.get(url).content
+        client.put_object(Bucket=bucket, Key=f"naive/{index}.jpg", Body=body,
+                          ContentType="image/jpeg")
+        return len(body)
+
+    prediction = Prediction.from_api({"id": uuid.uuid4().hex[:26], "status": "succeeded",
+                                      "output": urls})
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with RssSampler() as rss:
+        if mode == "stream":
+            with disable_run_logger():
+                stored = store_outputs.fn(prediction, dest, max_concurrency=CONCURRENCY)
+            total = sum(s.size_bytes for s in stored)
+        else:
+            with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+                total = sum(pool.map(naive, enumerate(urls)))
+    seconds = time.perf_counter() - start
+    return {"mode": mode, "outputs": len(urls), "total_mb": round(total / 1e6, 2),
+            "seconds": round(seconds, 3), "mb_per_s": round(total / 1e6 / seconds, 2),
+            "baseline_rss_mb": round(rss.baseline / 2**20, 1),
+            "peak_growth_mb": rss.growth_mb(), "series": rss.series_mb()}
+
+
+def _spawn(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.fig_storage", "--child", mode, endpoint, json.dumps(urls)],
+        env=env, cwd=str(ROOT), check=True, capture_output=True, text=True, timeout=300)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run() -> dict[str, Any]:
+    bench_env()
+    import httpx
+
+    with SandboxProcess(run_seconds=0.0) as sb, MotoProcess() as moto:
+        sb.configure(auto_image_count=COUNT)
+        with httpx.Client(base_url=sb.base_url, timeout=120,
+                          headers={"Authorization": f"Bearer {sb.api_token}"}) as http:
+            prediction = http.post(
+                "/v1/models/bytedance/seedream-4/predictions", headers={"Prefer": "wait"},
+                json={"input": {"prompt": "storage bench", "size": "4K", "aspect_ratio": "4:3",
+                                "max_images": COUNT, "sequential_image_generation": "auto"}},
+            ).json()
+            urls = list(prediction["output"])
+            sizes = [len(http.get(url).content) for url in urls]  # render once, cached after
+        runs: dict[str, list[dict[str, Any]]] = {"stream": [], "naive": []}
+        for _ in range(ROUNDS):
+            for mode in ("stream", "naive"):
+                runs[mode].append(_spawn(mode, moto.endpoint_url, urls))
+        few = {mode: _spawn(mode, moto.endpoint_url, urls[:5]) for mode in ("stream", "naive")}
+
+    def med(mode: str, key: str) -> float:
+        return median([r[key] for r in runs[mode]])
+
+    stream_mbps, naive_mbps = med("stream", "mb_per_s"), med("naive", "mb_per_s")
+    stream_mem, naive_mem = med("stream", "peak_growth_mb"), med("naive", "peak_growth_mb")
+    from tasks.s3_upload import DOWNLOAD_CHUNK, PART_SIZE
+
+    return {
+        "outputs": COUNT, "concurrency": CONCURRENCY, "rounds": ROUNDS,
+        "image_mb": [round(min(sizes) / 1e6, 2), round(max(sizes) / 1e6, 2)],
+        "total_mb": round(sum(sizes) / 1e6, 1),
+        "part_size_mb": round(PART_SIZE / 2**20, 2), "download_chunk_kb": DOWNLOAD_CHUNK // 1024,
+        "throughput": {"stream_mb_s": stream_mbps, "naive_mb_s": naive_mbps,
+                       "ratio": round(stream_mbps / naive_mbps, 3),
+                       "stream_runs": [r["mb_per_s"] for r in runs["stream"]],
+                       "naive_runs": [r["mb_per_s"] for r in runs["naive"]]},
+        "memory": {"stream_growth_mb": stream_mem, "naive_growth_mb": naive_mem,
+                   "ratio": round(stream_mem / naive_mem, 3) if naive_mem else None,
+                   "stream_runs": [r["peak_growth_mb"] for r in runs["stream"]],
+                   "naive_runs": [r["peak_growth_mb"] for r in runs["naive"]],
+                   "per_transfer_mb": round(stream_mem / CONCURRENCY, 2),
+                   "stream_5_outputs_mb": few["stream"]["peak_growth_mb"],
+                   "naive_5_outputs_mb": few["naive"]["peak_growth_mb"]},
+        "series": {"stream": runs["stream"][0]["series"], "naive": runs["naive"][0]["series"]},
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))))
+    else:
+        print(json.dumps(run(), indent=2))
