@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,26 @@ def _sandbox_sources(images: list[str], s3: Any) -> list[str]:
     return sources
 
 
+@contextlib.contextmanager
+def _progress_line(every: float = 5.0) -> Iterator[None]:
+    """A line on stderr every few seconds while we wait, so a long run never looks hung."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(every):
+            print(f"  ... waiting for Seedream and S3 ({time.monotonic() - started:.0f}s)",
+                  file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=tick, name="seedream-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _destination(args: argparse.Namespace) -> Any:
     if not args.bucket:
         return None
@@ -130,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             options.update(credentials=args.credentials, destination=_destination(args),
                            key_prefix=args.prefix)
+        stack.enter_context(_progress_line())
         if args.command == "generate":
             images = generate_images(args.prompt, **options)
         else:

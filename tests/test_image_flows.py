@@ -94,6 +94,14 @@ def test_generate_images_stores_checked_images_in_s3(
     assert "fox" in metadata["prompt"]
     assert metadata["flow-run-id"] == str(state.state_details.flow_run_id)
     assert seedream_sandbox.counters()["creates"] == 1
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["seedream-images"])))
+    report = next(a for a in reports if image.uri in str(a.data))
+    assert "1280x720" in str(report.data) and image.prediction_id in str(report.data)
 
 
 def test_sequential_generation_keeps_every_image_even_when_fewer_come_back(
