@@ -29,6 +29,9 @@ def s3_endpoint() -> Iterator[str]:
     """moto's standalone S3 server on a free loopback port."""
     from moto.server import ThreadedMotoServer
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
