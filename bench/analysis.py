@@ -169,9 +169,11 @@ def _notes(figs: dict[str, Any], missed: list[str]) -> list[str]:
             f"- Event loop (b): max lag {fb['busy_max_ms']} ms with 20 `agenerate_images` vs "
             f"{fb['idle_max_ms']} ms idle (p99 {fb['busy_p99_ms']} vs {fb['idle_p99_ms']} ms). "
             "Replicate calls are async and S3, ledger and artifact work run in worker threads, "
-            "so the p99 is small; the rare long stalls are not attributed yet (candidates: "
-            "Prefect's task-run bookkeeping on the loop, the GIL held by the worker threads). "
-            "Follow-up: rerun with `PYTHONASYNCIODEBUG=1` and `loop.slow_callback_duration = "
-            "0.05` to name the callbacks.")
+            "so the p99 is small. The rare long stalls are not a blocking call on the loop: a "
+            "run of the same 20 generations with asyncio's debug mode "
+            "(`loop.slow_callback_duration = 0.05`) logged no callback over 50 ms. They are the "
+            "loop thread waiting for the GIL while worker threads (S3 uploads and hashing, "
+            "Prefect's log and event workers) run on 2 shared cores. Follow-up: cap "
+            "`astore_outputs`' thread use per loop, and re-measure on a machine with more cores.")
     out.append("")
     return out
