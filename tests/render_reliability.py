@@ -36,6 +36,8 @@ Notes:
 - "Outputs expired before storing" loses the outputs by definition (Replicate deleted them); the
   guarantee there is a specific `OutputExpired` error naming the prediction, never a silent gap.
 - "Invalid input" and "bad token" rows create 0 predictions: nothing is paid for.
+- The S3 row drives the storage task alone (no prediction is involved, hence 0 created): it shows
+  an S3 outage is ridden out from the same download, never by generating again.
 """
     return HEADER + "\n".join(rows) + "\n" + notes
 
