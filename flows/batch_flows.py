@@ -12,13 +12,15 @@ The shape of a run:
    "N of M items failed" and the whole result attached.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Prefect validates parameters against these
+# annotations, and a runner that loads this file by path must find real types, not strings.
 
 import queue
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.replicate_credentials import ReplicateCredentials
@@ -33,9 +35,14 @@ from flows.batch_report import (
     notify,
     publish_table,
 )
-from flows.batch_store import find_done, read_results, source_digests, write_jsonl
-from flows.image_flows import _check_bucket
-from flows.run_hooks import cancel_open_predictions
+from flows.batch_store import (
+    check_bucket,
+    find_done,
+    read_results,
+    running_predictions,
+    source_digests,
+    write_jsonl,
+)
 from tasks.connections import _log, resolve_credentials, resolve_destination
 from tasks.seedream_settings import get_settings
 from tasks.storage import StoredImage
@@ -84,42 +91,52 @@ def _run_local(
 ) -> list[ItemOutcome]:
     """Run items on a thread pool, never more than `max_in_flight` task runs alive at once.
 
-    Any way out other than finishing (Ctrl-C, cancellation, a flow timeout) stops submitting
-    and cancels every prediction still running before it propagates.
+    Any way out other than finishing (Ctrl-C, a runner's cancellation, a crash) stops
+    submitting and cancels every prediction still running before it propagates.
     """
     outcomes: list[ItemOutcome] = []
-    finished: queue.SimpleQueue[PrefectFuture[ItemOutcome]] = queue.SimpleQueue()
-    pending = iter(items)
-    in_flight: dict[Any, tuple[BatchItem, str]] = {}
+    runner: ThreadPoolTaskRunner[Any]
     with ThreadPoolTaskRunner(max_workers=max_in_flight) as runner:
         try:
-            while True:
-                while len(in_flight) < max_in_flight and not control.stop.is_set():
-                    nxt = next(pending, None)
-                    if nxt is None:
-                        break
-                    item, key = nxt
-                    future = runner.submit(run_batch_item, parameters={
-                        "item": item, "key": key, "label": item.id[:60], "control": control})
-                    future.add_done_callback(finished.put)
-                    in_flight[future.task_run_id] = nxt
-                if not in_flight:
-                    break
-                try:
-                    done = finished.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                item, key = in_flight.pop(done.task_run_id)
-                outcome = _outcome_of(done, item, key)
-                outcomes.append(outcome)
-                progress.item_done(outcome)
+            # The loop lives in its own frame: CPython 3.11 can raise a signal's exception at a
+            # loop's backward jump outside the enclosing `try`, which would skip the cleanup.
+            _drive(runner, items, control, max_in_flight, progress, outcomes)
         except BaseException:
             control.cancel_in_flight()
             raise
     return outcomes
 
 
-def _outcome_of(future: PrefectFuture[ItemOutcome], item: BatchItem, key: str) -> ItemOutcome:
+def _drive(
+    runner: ThreadPoolTaskRunner[Any], items: list[tuple[BatchItem, str]], control: BatchControl,
+    max_in_flight: int, progress: Progress, outcomes: list[ItemOutcome],
+) -> None:
+    finished: queue.SimpleQueue[PrefectFuture[ItemOutcome]] = queue.SimpleQueue()
+    pending = iter(items)
+    in_flight: dict[Any, tuple[BatchItem, str]] = {}
+    while True:
+        while len(in_flight) < max_in_flight and not control.stop.is_set():
+            nxt = next(pending, None)
+            if nxt is None:
+                break
+            item, key = nxt
+            future = runner.submit(run_batch_item, parameters={
+                "item": item, "key": key, "label": item.id[:60], "control": control})
+            future.add_done_callback(finished.put)
+            in_flight[future.task_run_id] = nxt
+        if not in_flight:
+            return
+        try:
+            done = finished.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        item, key = in_flight.pop(done.task_run_id)
+        outcome = _outcome_of(done, item, key)
+        outcomes.append(outcome)
+        progress.item_done(outcome)
+
+
+def _outcome_of(future: "PrefectFuture[ItemOutcome]", item: BatchItem, key: str) -> ItemOutcome:
     try:
         return future.result()
     except Exception as exc:  # the task body never raises; a crash of the engine might
@@ -141,6 +158,22 @@ def _already_done(destination: S3Destination, prefix: str,
     return outcomes
 
 
+def _check_limit(name: str) -> None:
+    """Refuse before paying if the global concurrency limit does not exist (it is strict)."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.errors import InvalidInput
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(name)
+    except Exception as exc:
+        raise InvalidInput(
+            f"global concurrency limit {name!r} does not exist ({type(exc).__name__}); create it "
+            f"with `prefect gcl create {name} --limit N` or drop concurrency_limit_name"
+        ) from exc
+
+
 def _block_name(value: Any, what: str) -> str | None:
     """A block's saved name, for child flow runs that must load it in another process."""
     if value is None or isinstance(value, str):
@@ -154,11 +187,41 @@ def _block_name(value: Any, what: str) -> str | None:
     return str(name)
 
 
+def cancel_batch_predictions(flow: Any, flow_run: Any, state: Any) -> None:
+    """Cancellation/crash hook: cancel what the run recorded in flight in S3.
+
+    Runs in the runner or worker process, so it rebuilds the destination from the run's
+    parameters (a saved block's name, or the settings) and reads the run's in-flight records.
+    """
+    from tasks.connections import replicate_api
+    from tasks.replicate_protocol import RetryPolicy, cancel
+
+    log = _log()
+    params = flow_run.parameters or {}
+    try:
+        named = params.get("destination")
+        target = resolve_destination(named if isinstance(named, str) else None)
+        prefix = params.get("key_prefix") or target.prefix
+        ids = running_predictions(target, prefix, str(flow_run.id))
+    except Exception as exc:
+        log.error("Could not read batch %s's predictions in flight: %s", flow_run.id, exc)
+        return
+    credentials = params.get("credentials")
+    api = replicate_api(credentials if isinstance(credentials, str) else None)
+    for prediction_id in ids:
+        try:
+            api.run(cancel(prediction_id, policy=RetryPolicy()))
+            log.warning("Batch %s ended %s: cancelled prediction %s", flow_run.id, state.name,
+                        prediction_id)
+        except Exception as exc:
+            log.error("Could not cancel prediction %s: %s", prediction_id, exc)
+
+
 @flow(
     name="generate-batch",
     description="Generates and edits many images from a manifest, resumable, within a budget.",
-    on_cancellation=[cancel_open_predictions],
-    on_crashed=[cancel_open_predictions],
+    on_cancellation=[cancel_batch_predictions],
+    on_crashed=[cancel_batch_predictions],
 )
 def generate_batch(
     manifest: str | list[dict[str, Any]],
@@ -222,7 +285,9 @@ def generate_batch(
     digests = source_digests(items, target)
     keyed = [(item, item_key(model, item, digests)) for item in items]
     resolve_credentials(credentials)  # fail now on missing credentials, not after paying
-    _check_bucket(target)
+    check_bucket(target)
+    if concurrency_limit_name:
+        _check_limit(concurrency_limit_name)
 
     firsts: dict[str, BatchItem] = {}
     unique: list[tuple[BatchItem, str]] = []

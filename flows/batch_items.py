@@ -17,7 +17,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -25,11 +24,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.batch_manifest import BatchItem
 from flows.batch_report import ItemOutcome
-from flows.batch_store import item_prefix, write_result
+from flows.batch_store import forget_running, item_prefix, mark_running, write_result
 from flows.source_images import first_image_size, presign_sources
+from tasks.concurrency import acquire_create_slot
 from tasks.connections import _log, replicate_api
 from tasks.errors import PredictionCanceled, PredictionFailed, RateLimited
-from tasks.predictions import await_prediction, create_prediction
+from tasks.prediction_ledger import current_flow_run_id
+from tasks.prediction_support import plan_create, plan_wait, raise_for_outcome
 from tasks.replicate_protocol import RetryPolicy, cancel
 from tasks.seedream_input import output_dimensions
 from tasks.seedream_settings import get_settings
@@ -48,21 +49,26 @@ class BatchStopped(Exception):
     """The batch is stopping; the item was not (or no longer) running."""
 
 
-@dataclass
 class BatchControl:
-    """State shared by the items of one batch run (one process)."""
+    """State shared by the items of one batch run (one process).
 
-    credentials: ReplicateCredentials | str | None
-    destination: S3Destination
-    prefix: str
-    price_per_image_usd: float
-    timeout_seconds: float
-    item_retries: int = 1
-    concurrency_limit_name: str | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    _pause_until: float = 0.0
-    _in_flight: dict[str, str] = field(default_factory=dict)  # item key -> prediction id
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    A plain class on purpose: Prefect copies dataclasses and collections it finds in task
+    parameters, and every item must see the same stop switch and in-flight registry.
+    """
+
+    def __init__(
+        self, *, credentials: ReplicateCredentials | str | None, destination: S3Destination,
+        prefix: str, price_per_image_usd: float, timeout_seconds: float, item_retries: int = 1,
+        concurrency_limit_name: str | None = None,
+    ) -> None:
+        self.credentials, self.destination, self.prefix = credentials, destination, prefix
+        self.price_per_image_usd, self.timeout_seconds = price_per_image_usd, timeout_seconds
+        self.item_retries, self.concurrency_limit_name = item_retries, concurrency_limit_name
+        self.run_id = str(current_flow_run_id() or "local")
+        self.stop = threading.Event()
+        self._pause_until = 0.0
+        self._in_flight: dict[str, str] = {}  # item key -> prediction id
+        self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
         """Hold every create of this batch for `seconds` (after a 429 got through)."""
@@ -87,21 +93,24 @@ class BatchControl:
             else:
                 self._in_flight[key] = prediction_id
 
+    def cancel_one(self, prediction_id: str) -> None:
+        try:
+            replicate_api(self.credentials).run(cancel(prediction_id, policy=RetryPolicy()))
+        except Exception as exc:
+            _log().error("Could not cancel prediction %s: %s", prediction_id, exc)
+
     def cancel_in_flight(self) -> list[str]:
-        """Stop submitting and cancel every prediction still running; returns their ids."""
+        """Stop submitting and cancel every prediction still running; returns their ids.
+
+        An item whose create is still in the air sees the stop switch when it returns and
+        cancels its own prediction (it registers before it checks, so none slips through).
+        """
         self.stop.set()
         with self._lock:
             ids = list(self._in_flight.values())
-        if not ids:
-            return []
-        api = replicate_api(self.credentials)
-        log = _log()
         for prediction_id in ids:
-            try:
-                api.run(cancel(prediction_id, policy=RetryPolicy()))
-            except Exception as exc:
-                log.error("Could not cancel prediction %s: %s", prediction_id, exc)
-        log.warning("Batch stopped: cancelled %d prediction(s) still running", len(ids))
+            self.cancel_one(prediction_id)
+        _log().warning("Batch stopped: cancelled %d prediction(s) still running", len(ids))
         return ids
 
 
@@ -117,19 +126,49 @@ def _slot(name: str | None) -> Iterator[None]:
         yield
 
 
+def _create_once(request: Any, control: BatchControl, key: str) -> Prediction:
+    """`create_prediction`'s body, recording the id in the batch's own S3 record.
+
+    The per-flow-run prediction ledger (Prefect Variables) costs several API writes and a
+    filter per prediction, which at 16 in flight dominated a batch's run time; the batch keeps
+    the same facts in S3 instead (`batch/_running/{flow_run_id}/{item_key}.json`, one PUT and
+    one DELETE), read by its cancellation and crash hook.
+    """
+    margin = get_settings().cancel_after_margin_seconds
+    plan = plan_create(request, control.credentials, webhook=None, webhook_events_filter=None,
+                       wait_seconds=None, cancel_after=control.timeout_seconds + margin,
+                       idempotency_key=key)
+    plan.entry = None
+    acquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
+    prediction = plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
+    control.track(key, prediction.id)
+    mark_running(control.destination, control.prefix, control.run_id, key, prediction.id)
+    return prediction
+
+
+def _await(prediction: Prediction, control: BatchControl) -> Prediction:
+    """`await_prediction`'s body: poll with backoff; any way out cancels the prediction."""
+    plan = plan_wait(prediction, control.credentials, control.timeout_seconds)
+    try:
+        final: Prediction = plan.api.run(plan.wait, on_update=plan.progress,
+                                         on_note=plan.progress.log.info)
+    except BaseException:
+        try:
+            plan.api.run(plan.cancel())
+        except Exception as exc:
+            plan.cancel_failed(exc)
+        raise
+    return raise_for_outcome(final)
+
+
 def _create(item: BatchItem, key: str, request: Any, control: BatchControl) -> Prediction:
     """Create, re-queuing on 429s that outlast the create's own retries."""
-    margin = get_settings().cancel_after_margin_seconds
     deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
     delay = 1.0
     while True:
         control.wait_turn()
         try:
-            prediction: Prediction = create_prediction.fn(
-                request, credentials=control.credentials, idempotency_key=key,
-                cancel_after=control.timeout_seconds + margin,
-            )
-            return prediction
+            return _create_once(request, control, key)
         except RateLimited as exc:
             if time.monotonic() > deadline:
                 raise
@@ -160,15 +199,11 @@ def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Predicti
         request, expected = _request(item, control)
         with _slot(control.concurrency_limit_name):
             prediction = _create(item, key, request, control)
-            control.track(key, prediction.id)
             try:
-                if control.stop.is_set():
+                if control.stop.is_set():  # stopped while this create was in the air
+                    control.cancel_one(prediction.id)
                     raise BatchStopped
-                finished: Prediction = await_prediction.fn(
-                    prediction, credentials=control.credentials,
-                    timeout_seconds=control.timeout_seconds,
-                )
-                return finished, expected
+                return _await(prediction, control), expected
             except PredictionFailed as exc:
                 if not exc.retryable or attempt >= control.item_retries:
                     raise
@@ -177,6 +212,7 @@ def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Predicti
                                item.id, prediction.id, attempt, control.item_retries)
             finally:
                 control.track(key, None)
+                forget_running(control.destination, control.prefix, control.run_id, key)
 
 
 @task(
@@ -188,7 +224,8 @@ def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Predicti
 def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl) -> ItemOutcome:
     """Generate one item into `{prefix}/batch/{key}/` and mark it done with `result.json`."""
     started = time.monotonic()
-    base = {"id": item.id, "line": item.line, "kind": item.kind, "item_key": key}
+    base: dict[str, Any] = {"id": item.id, "line": item.line, "kind": item.kind,
+                            "item_key": key}
     prediction_id = None
     try:
         finished, expected = _predict(item, key, control)

@@ -161,7 +161,8 @@ def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
         options={k: clean[k] for k in OPTIONS if k in clean}, row=dict(raw),
     )
     try:
-        item.request([f"https://source.invalid/{i}" for i in range(len(images))])
+        if kind == "generate" or images:  # an edit without images is already reported
+            item.request([f"https://source.invalid/{i}" for i in range(len(images))])
     except ValidationError as exc:
         problems.append(f"{where}: {describe_errors(exc)}")
     except TypeError as exc:
@@ -208,9 +209,9 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
 
 
 def _csv_rows(text: io.TextIOBase | Iterable[str]) -> Iterator[tuple[int, Any]]:
-    reader = csv.DictReader(text)  # type: ignore[arg-type]
+    reader = csv.DictReader(text)
     for row in reader:
-        extra = row.pop(None, None)  # type: ignore[call-overload]
+        extra = row.pop(None, None)
         if extra:
             yield reader.line_num, _Unreadable(f"has {len(extra)} more cell(s) than the header")
         else:

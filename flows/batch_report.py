@@ -7,6 +7,7 @@ and to in-process listeners such as the CLI's progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -128,10 +129,8 @@ def notify(event: dict[str, Any]) -> None:
     with _listeners_lock:
         listeners = list(_listeners)
     for listener in listeners:
-        try:
+        with contextlib.suppress(Exception):  # a broken progress bar never fails a batch
             listener(event)
-        except Exception:  # a broken progress bar never fails a batch
-            pass
 
 
 class Progress:
@@ -232,5 +231,43 @@ def publish_table(result: BatchResult, *, key: str = "seedream-batch") -> None:
     )
 
 
-__all__ = ["DONE", "BatchItemsFailed", "BatchResult", "ItemOutcome", "Progress", "add_listener",
-           "notify", "publish_table", "table_rows"]
+class ProgressBar:
+    """A one-line text progress bar for a terminal (the CLI's `seedream batch`), on `stream`."""
+
+    def __init__(self, stream: Any, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self._last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "plan":
+            self.stream.write(
+                f"{event['total']} items: {event['already_done']} already in S3, "
+                f"{event['to_run']} to generate, {event['skipped_budget']} over budget; "
+                f"estimate up to ${event['estimate_usd']:.2f}\n")
+        elif kind == "item":
+            finished, total = event["finished"], max(event["total"], 1)
+            if finished < total and time.monotonic() - self._last < 0.2:
+                return
+            self._last = time.monotonic()
+            filled = self.width * finished // total
+            failed = event["counts"].get("failed", 0)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
+                              f"{finished}/{total}" + (f" ({failed} failed)" if failed else ""))
+            if finished == total:
+                self.stream.write("\n")
+        self.stream.flush()
+
+
+__all__ = [
+    "DONE",
+    "BatchItemsFailed",
+    "BatchResult",
+    "ItemOutcome",
+    "Progress",
+    "ProgressBar",
+    "add_listener",
+    "notify",
+    "publish_table",
+    "table_rows",
+]

@@ -98,7 +98,7 @@ def run_shards(
                 parameters={**parameters, "manifest": destination.uri(f"{base}.jsonl"),
                             "results_key": results, "shards": 1, "deployment": None},
             )
-            children.append((child.id, destination.uri(results), part))
+            children.append((child.id, destination.uri(results), part))  # type: ignore[union-attr]
         progress.log.info("Handed %d items to %s as %d child flow runs", len(items), deployment,
                           len(children))
         open_ids = {child_id for child_id, _, _ in children}

@@ -16,6 +16,7 @@ source is streamed and hashed. Never held whole in memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -100,6 +101,20 @@ def source_digests(
     return digests
 
 
+def check_bucket(destination: S3Destination) -> None:
+    """Fail before paying if the outputs could not be stored."""
+    from tasks.errors import StorageFailed
+
+    try:
+        destination.get_client().head_bucket(Bucket=destination.bucket)
+    except Exception as exc:
+        raise StorageFailed(
+            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
+            "S3Destination before running the batch, or the paid images would be lost",
+            prediction_id=None,
+        ) from exc
+
+
 def find_done(destination: S3Destination, prefix: str, keys: set[str]) -> set[str]:
     """Which of `keys` already have a `result.json`: one listing, not one request per item."""
     client = destination.get_client()
@@ -128,7 +143,7 @@ def read_results(destination: S3Destination, prefix: str, keys: Iterable[str],
 
     wanted = list(keys)
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="batch-read") as pool:
-        return dict(zip(wanted, pool.map(one, wanted)))
+        return dict(zip(wanted, pool.map(one, wanted), strict=True))
 
 
 def write_result(destination: S3Destination, prefix: str, key: str,
@@ -138,6 +153,39 @@ def write_result(destination: S3Destination, prefix: str, key: str,
         Bucket=destination.bucket, Key=join_key_parts(item_prefix(prefix, key), RESULT_NAME),
         Body=json.dumps(payload, sort_keys=True).encode(), ContentType="application/json",
     )
+
+
+def _running_key(prefix: str, run_id: str, key: str) -> str:
+    return join_key_parts(prefix, "batch", "_running", run_id, f"{key}.json")
+
+
+def mark_running(destination: S3Destination, prefix: str, run_id: str, key: str,
+                 prediction_id: str) -> None:
+    """Record a prediction in flight for this run (read by the cancellation hook)."""
+    destination.get_client().put_object(
+        Bucket=destination.bucket, Key=_running_key(prefix, run_id, key),
+        Body=json.dumps({"prediction_id": prediction_id}).encode(),
+        ContentType="application/json",
+    )
+
+
+def forget_running(destination: S3Destination, prefix: str, run_id: str, key: str) -> None:
+    with contextlib.suppress(Exception):  # a stale marker costs the hook one idempotent cancel
+        destination.get_client().delete_object(Bucket=destination.bucket,
+                                               Key=_running_key(prefix, run_id, key))
+
+
+def running_predictions(destination: S3Destination, prefix: str, run_id: str) -> list[str]:
+    """Prediction ids a run recorded as in flight and did not see finish."""
+    client = destination.get_client()
+    root = join_key_parts(prefix, "batch", "_running", run_id) + "/"
+    found = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=destination.bucket, Prefix=root):
+        for obj in page.get("Contents", []):
+            body = client.get_object(Bucket=destination.bucket, Key=obj["Key"])["Body"].read()
+            found.append(str(json.loads(body)["prediction_id"]))
+    return found
 
 
 def write_jsonl(destination: S3Destination, key: str, lines: Iterable[Mapping[str, Any]]) -> str:
@@ -164,5 +212,17 @@ def read_jsonl(destination: S3Destination, uri: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.iter_lines() if line.strip()]
 
 
-__all__ = ["RESULT_NAME", "find_done", "item_prefix", "read_jsonl", "read_results",
-           "source_digests", "write_jsonl", "write_result"]
+__all__ = [
+    "RESULT_NAME",
+    "check_bucket",
+    "find_done",
+    "forget_running",
+    "item_prefix",
+    "mark_running",
+    "read_jsonl",
+    "read_results",
+    "running_predictions",
+    "source_digests",
+    "write_jsonl",
+    "write_result",
+]

@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="s3:// URIs or https URLs (local files with --sandbox)")
     edit.add_argument("--aspect-ratio", default="match_input_image")
     _common(edit)
+    batch = commands.add_parser("batch", help="generate/edit every row of a JSONL or CSV manifest")
+    batch.add_argument("manifest", help="a .jsonl or .csv file, or an s3:// URI")
+    batch.add_argument("--max-in-flight", type=int, default=16)
+    batch.add_argument("--price", type=float, default=0.03, help="USD per output image (0.03)")
+    batch.add_argument("--max-images-total", type=int, help="stop submitting past this many")
+    batch.add_argument("--max-cost", type=float, help="stop submitting past this many USD")
+    for flag, text in (("--bucket", "S3 bucket (default: SEEDREAM_BUCKET)"),
+                       ("--prefix", "key prefix inside the bucket"),
+                       ("--credentials", "name of a saved ReplicateCredentials block")):
+        batch.add_argument(flag, help=text)
+    batch.add_argument("--timeout", type=float, default=600.0, help="seconds per prediction")
+    batch.add_argument("--sandbox", action="store_true",
+                       help="run offline on the embedded sandbox and a local S3 server")
     commands.add_parser(
         "sandbox", add_help=False,
         help="serve the local Replicate-compatible sandbox (seedream sandbox --help)",
@@ -168,6 +181,38 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch(args: argparse.Namespace) -> int:
+    """`seedream batch MANIFEST`: the batch flow, a progress bar on stderr, a summary on stdout."""
+    from flows.batch_flows import generate_batch
+    from flows.batch_report import BatchItemsFailed, BatchResult, ProgressBar, add_listener
+
+    options: dict[str, Any] = {
+        "max_in_flight": args.max_in_flight, "price_per_image_usd": args.price,
+        "max_images_total": args.max_images_total, "max_cost_usd": args.max_cost,
+        "timeout_seconds": args.timeout,
+    }
+    with contextlib.ExitStack() as stack:
+        if args.sandbox:
+            embedded = stack.enter_context(_embedded(args))
+            options.update(credentials=embedded["credentials"],
+                           destination=embedded["destination"])
+        else:
+            options.update(credentials=args.credentials, destination=_destination(args),
+                           key_prefix=args.prefix)
+        stack.callback(add_listener(ProgressBar(sys.stderr)))
+        state = generate_batch(args.manifest, return_state=True, **options)
+        data = state.result(raise_on_failure=False)
+        if isinstance(data, BaseException) and not isinstance(data, BatchItemsFailed):
+            raise data  # e.g. ManifestInvalid: exit 2, every bad row listed
+        result = data.result if isinstance(data, BatchItemsFailed) else data
+        assert isinstance(result, BatchResult)
+        print(result.summary())
+        print(f"Results manifest: {result.results_uri}")
+        for item in result.failed[:20]:
+            print(f"  failed: {item.id} (line {item.line}): {item.error_type}: {item.error}")
+    return EXIT_PREDICTION if result.failed else EXIT_OK
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The exit code for an error, so scripts can tell what went wrong."""
     from tasks import errors
@@ -197,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        return _run(args)
+        return _batch(args) if args.command == "batch" else _run(args)
     except KeyboardInterrupt:
         print("Interrupted: the prediction was cancelled.", file=sys.stderr)
         return EXIT_INTERRUPTED
