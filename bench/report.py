@@ -81,27 +81,34 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
         add("1. Orchestration", "error", "-", "-", "<= 1.10x", None, "fig1")
 
     f2 = figs.get("fig_api_calls", {})
-    for dur in ("10s", "90s", "20s"):
-        t = f2.get(dur)
-        if not t or "ours_default" not in t or "requests" not in t["ours_default"]:
-            continue
-        ours = t["ours_default"]
-        poll, sync = t.get("base_poll", {}), t.get("base_sync", {})
-        if "requests" in poll:
-            ratio = ours["requests"] / poll["requests"]
-            add(f"2. API calls, {dur} prediction: vs create + wait() (0.5 s polling)",
-                f"{ours['requests']} requests", f"{poll['requests']} requests",
-                f"{ratio:.2f}x", "<= 0.33x", ratio <= 1 / 3, "fig2")
-        if "requests" in sync:
-            ratio = ours["requests"] / sync["requests"]
-            add(f"2. API calls, {dur} prediction: vs sync mode then polling",
-                f"{ours['requests']} requests", f"{sync['requests']} requests",
-                f"{ratio:.2f}x", "<= 1.0x", ratio <= 1.0, "fig2")
-        lat = ours.get("added_latency_s")
-        if lat is not None:
-            add(f"2. Added latency after completion, {dur} prediction", f"{lat:.2f} s",
-                f"{poll.get('added_latency_s', 0):.2f} s (0.5 s polling)", "-", "< 1 s",
-                lat < 1.0, "fig2")
+    # The flows create in sync mode (`ours_wait60`): that is the shipped path the targets judge.
+    # The bare tasks without `wait_seconds` (`ours_default`) are reported beside it.
+    for variant, label, judged in (("ours_wait60", "flows, sync mode", True),
+                                   ("ours_default", "tasks, no wait_seconds", False)):
+        for dur in ("10s", "90s", "20s"):
+            t = f2.get(dur)
+            if not t or variant not in t or "requests" not in t[variant]:
+                continue
+            ours = t[variant]
+            poll, sync = t.get("base_poll", {}), t.get("base_sync", {})
+            if "requests" in poll:
+                ratio = ours["requests"] / poll["requests"]
+                add(f"2. API calls ({label}), {dur} prediction: vs create + wait() (0.5 s polling)",
+                    f"{ours['requests']} requests", f"{poll['requests']} requests",
+                    f"{ratio:.2f}x", "<= 0.33x" if judged else "reported",
+                    ratio <= 1 / 3 if judged else None, "fig2")
+            if "requests" in sync:
+                ratio = ours["requests"] / sync["requests"]
+                add(f"2. API calls ({label}), {dur} prediction: vs sync mode then polling",
+                    f"{ours['requests']} requests", f"{sync['requests']} requests",
+                    f"{ratio:.2f}x", "<= 1.0x" if judged else "reported",
+                    ratio <= 1.0 if judged else None, "fig2")
+            lat = ours.get("added_latency_s")
+            if lat is not None:
+                add(f"2. Added latency after completion ({label}), {dur} prediction",
+                    f"{lat:.2f} s", f"{poll.get('added_latency_s', 0):.2f} s (0.5 s polling)",
+                    "-", "< 1 s" if judged else "reported", lat < 1.0 if judged else None,
+                    "fig2")
 
     f3 = figs.get("fig_storage", {})
     mem = f3.get("memory")

@@ -66,11 +66,12 @@ class _Process:
 
 
 class SandboxProcess(_Process):
-    """`python -m sandbox` on a free port, rate limits off; admin over `/_sandbox/`."""
+    """`python -m sandbox` on a free port, rate limits off, outputs as http URLs (as Replicate's
+    https URLs, not inline data: URIs); admin over `/_sandbox/`."""
 
     def __init__(self, run_seconds: float = 2.0) -> None:
         super().__init__([sys.executable, "-m", "sandbox", "--port", "{port}", "--run-seconds",
-                          str(run_seconds), "--no-rate-limits"])
+                          str(run_seconds), "--no-rate-limits", "--http-outputs"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_token = TOKEN
 

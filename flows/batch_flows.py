@@ -36,13 +36,13 @@ from flows.batch_report import (
     publish_table,
 )
 from flows.batch_store import (
-    check_bucket,
     find_done,
     read_results,
     running_predictions,
     source_digests,
     write_jsonl,
 )
+from flows.flow_support import check_bucket
 from tasks.connections import _log, resolve_credentials, resolve_destination
 from tasks.seedream_settings import get_settings
 from tasks.storage import StoredImage

@@ -101,20 +101,6 @@ def source_digests(
     return digests
 
 
-def check_bucket(destination: S3Destination) -> None:
-    """Fail before paying if the outputs could not be stored."""
-    from tasks.errors import StorageFailed
-
-    try:
-        destination.get_client().head_bucket(Bucket=destination.bucket)
-    except Exception as exc:
-        raise StorageFailed(
-            f"cannot write to bucket {destination.bucket!r} ({type(exc).__name__}); fix the "
-            "S3Destination before running the batch, or the paid images would be lost",
-            prediction_id=None,
-        ) from exc
-
-
 def find_done(destination: S3Destination, prefix: str, keys: set[str]) -> set[str]:
     """Which of `keys` already have a `result.json`: one listing, not one request per item."""
     client = destination.get_client()
@@ -214,7 +200,6 @@ def read_jsonl(destination: S3Destination, uri: str) -> list[dict[str, Any]]:
 
 __all__ = [
     "RESULT_NAME",
-    "check_bucket",
     "find_done",
     "forget_running",
     "item_prefix",

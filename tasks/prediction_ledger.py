@@ -128,18 +128,25 @@ def remember_pending(name: str, sent_at: datetime, model: str, input: dict[str, 
 
 
 def _all(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every ledger entry of one flow run, as (variable name, value). Limit: 200 per run."""
+    """Every ledger entry of one flow run, as (variable name, value), page by page."""
     from prefect.client.orchestration import get_client
 
+    found: list[tuple[str, dict[str, Any]]] = []
+    page, offset = 200, 0
     with get_client(sync_client=True) as client:
-        response = client.request(
-            "POST",
-            "/variables/filter",
-            json={"variables": {"name": {"like_": f"{PREFIX}{flow_run_id}-%"}}, "limit": 200},
-        )
-    return [
-        (str(v["name"]), v["value"]) for v in response.json() if isinstance(v.get("value"), dict)
-    ]
+        while True:
+            response = client.request(
+                "POST",
+                "/variables/filter",
+                json={"variables": {"name": {"like_": f"{PREFIX}{flow_run_id}-%"}},
+                      "limit": page, "offset": offset},
+            )
+            batch = response.json()
+            found += [(str(v["name"]), v["value"]) for v in batch
+                      if isinstance(v.get("value"), dict)]
+            if len(batch) < page:
+                return found
+            offset += page
 
 
 def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:

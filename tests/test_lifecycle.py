@@ -349,3 +349,16 @@ def test_interrupted_sync_create_cancels_what_it_made(
         asyncio.run(impatient())
     assert len(made(seedream_sandbox)) == 1
     assert running(seedream_sandbox) == []
+
+
+def test_the_ledger_lists_every_open_prediction_of_a_big_run() -> None:
+    import uuid
+
+    from tasks import prediction_ledger as ledger
+
+    flow_run_id = str(uuid.uuid4())
+    for i in range(205):  # more than one page of the API's variable listing
+        ledger.remember(ledger.entry_name(flow_run_id, f"key{i:03d}"), f"pred{i:03d}", "starting")
+    ledger.remember(ledger.entry_name(flow_run_id, "done"), "finished", "succeeded")
+    open_ids = ledger.open_predictions(flow_run_id)
+    assert sorted(open_ids) == [f"pred{i:03d}" for i in range(205)]
