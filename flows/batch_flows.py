@@ -37,6 +37,7 @@ from flows.batch_report import (
 )
 from flows.batch_store import (
     find_done,
+    leftover_predictions,
     read_results,
     running_predictions,
     source_digests,
@@ -335,6 +336,8 @@ def generate_batch(
             price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
             item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
         )
+        control.leftovers = leftover_predictions(target, prefix, {k for _, k in run},
+                                                 control.run_id)
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 
     by_key: dict[str, ItemOutcome] = {o.item_key: o for o in ran}

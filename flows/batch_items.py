@@ -28,7 +28,7 @@ from flows.batch_store import forget_running, item_prefix, mark_running, write_r
 from flows.source_images import first_image_size, presign_sources
 from tasks.concurrency import acquire_create_slot
 from tasks.connections import _log, replicate_api
-from tasks.errors import PredictionCanceled, PredictionFailed, RateLimited
+from tasks.errors import PredictionCanceled, PredictionFailed, RateLimited, SeedreamError
 from tasks.prediction_ledger import current_flow_run_id
 from tasks.prediction_support import plan_create, plan_wait, raise_for_outcome
 from tasks.replicate_protocol import RetryPolicy, cancel
@@ -68,6 +68,8 @@ class BatchControl:
         self.stop = threading.Event()
         self._pause_until = 0.0
         self._in_flight: dict[str, str] = {}  # item key -> prediction id
+        # item key -> (prediction id, run id) left by an earlier run that crashed or was killed
+        self.leftovers: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
@@ -139,6 +141,17 @@ def _create_once(request: Any, control: BatchControl, key: str) -> Prediction:
                        wait_seconds=None, cancel_after=control.timeout_seconds + margin,
                        idempotency_key=key)
     plan.entry = None
+    earlier = control.leftovers.pop(key, None)
+    if earlier is not None:
+        try:
+            found = plan.api.run(plan.reattach({"prediction_id": earlier[0]}))
+        except SeedreamError:  # gone from Replicate (or unreadable): make a new one
+            found = None
+        forget_running(control.destination, control.prefix, earlier[1], key)
+        if (prediction := plan.reattached(found)) is not None:
+            control.track(key, prediction.id)
+            mark_running(control.destination, control.prefix, control.run_id, key, prediction.id)
+            return prediction
     acquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
     prediction = plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
     control.track(key, prediction.id)

@@ -174,6 +174,26 @@ def running_predictions(destination: S3Destination, prefix: str, run_id: str) ->
     return found
 
 
+def leftover_predictions(destination: S3Destination, prefix: str, keys: set[str],
+                         current_run_id: str) -> dict[str, tuple[str, str]]:
+    """Predictions earlier runs recorded for these items and never saw finish (the run crashed
+    or was killed): item key -> (prediction id, the record's run id). A re-run re-attaches to
+    them instead of paying for the item again."""
+    client = destination.get_client()
+    root = join_key_parts(prefix, "batch", "_running") + "/"
+    found: dict[str, tuple[str, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=destination.bucket, Prefix=root):
+        for obj in page.get("Contents", []):
+            run_id, _, name = obj["Key"][len(root):].partition("/")
+            key = name.removesuffix(".json")
+            if run_id == current_run_id or key not in keys:
+                continue
+            body = client.get_object(Bucket=destination.bucket, Key=obj["Key"])["Body"].read()
+            found[key] = (str(json.loads(body)["prediction_id"]), run_id)
+    return found
+
+
 def write_jsonl(destination: S3Destination, key: str, lines: Iterable[Mapping[str, Any]]) -> str:
     """Stream JSON lines to `key` through a temporary file; returns the object's s3:// URI."""
     with tempfile.TemporaryFile() as spool:
@@ -203,6 +223,7 @@ __all__ = [
     "find_done",
     "forget_running",
     "item_prefix",
+    "leftover_predictions",
     "mark_running",
     "read_jsonl",
     "read_results",

@@ -391,3 +391,37 @@ def test_a_missing_concurrency_limit_is_refused_before_any_request(
         generate_batch(prompts(2), credentials=credentials, destination=destination,
                        concurrency_limit_name="no-such-limit")
     assert seedream_sandbox.counters()["creates"] == 0
+
+
+def test_rerun_after_a_killed_run_reattaches_instead_of_paying_again(
+    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any,
+) -> None:
+    import json
+
+    import replicate
+
+    from flows.batch_manifest import check_rows
+    from tasks.seedream_input import MODEL_SLUG
+
+    rows = prompts(2)
+    first = run(rows[:1], credentials, destination)  # learn the item key the batch uses
+    key = first.items[0].item_key
+    for obj in s3_client.list_objects_v2(Bucket=destination.bucket).get("Contents", []):
+        s3_client.delete_object(Bucket=destination.bucket, Key=obj["Key"])
+    seedream_sandbox.reset()
+    # A run that was killed after creating the first item's prediction, before storing it:
+    client = replicate.Client(api_token=seedream_sandbox.api_token,
+                              base_url=seedream_sandbox.base_url)
+    request = check_rows(rows[:1])[0].request()
+    orphan = client.models.predictions.create(model=MODEL_SLUG, input=request.to_request())
+    s3_client.put_object(Bucket=destination.bucket,
+                         Key=f"{destination.prefix}/batch/_running/killed-run/{key}.json",
+                         Body=json.dumps({"prediction_id": orphan.id}).encode())
+
+    result = run(rows, credentials, destination)
+    assert [i.status for i in result.items] == ["succeeded", "succeeded"]
+    assert seedream_sandbox.counters()["creates"] == 2  # the orphan and the second item only
+    assert len(seedream_sandbox.predictions()) == 2
+    assert orphan.id in " ".join(result.items[0].uris)
+    assert not [k for k in keys(s3_client, destination.bucket) if "/_running/" in k]
