@@ -137,3 +137,19 @@ def test_a_killed_runner_leaves_the_server_side_deadline_to_cancel(
                    created=1, left_running=int(status in ("starting", "processing")))
     assert slow_sandbox.prediction(prediction["id"])["deadline"] is not None
     assert status == "canceled"
+
+
+def test_cancelling_a_process_worker_run_cancels_the_prediction(
+    seedream_stack: Stack, slow_sandbox: Any, prefect_api: Any, record_outcome: Any,
+) -> None:
+    from prefect.states import Cancelling
+
+    run, prediction = _start(prefect_api, slow_sandbox, timeout_seconds=600, name="on-request")
+    prefect_api.set_flow_run_state(run.id, Cancelling(), force=True)
+    final = wait_for_final_state(prefect_api, run.id, 90, seedream_stack.diagnostics)
+    status = _status_soon(slow_sandbox, prediction["id"], 30)
+    record_outcome("flow run cancelled from the UI/API (process worker)",
+                   "cancelled the prediction as the run stopped", created=1,
+                   left_running=int(status in ("starting", "processing")))
+    assert final.state.is_cancelled()
+    assert status == "canceled"
