@@ -7,7 +7,7 @@ that is aborted on any error. Memory per transfer is one part buffer plus one do
 whatever the image size. An output smaller than one part is checked in that buffer and sent
 with a single PUT straight to its final key; a larger one goes through a temporary key and a
 server-side copy. (boto3's `upload_fileobj` on a non-seekable stream holds the
-threshold read-ahead plus several queued parts, about 3-4x as much; see bench/bench_storage.py.)
+threshold read-ahead plus several queued parts, about 3-4x as much; see bench/fig_storage.py.)
 """
 
 from __future__ import annotations
