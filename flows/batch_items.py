@@ -162,16 +162,7 @@ def _create_once(request: Any, control: BatchControl, key: str) -> Prediction:
 def _await(prediction: Prediction, control: BatchControl) -> Prediction:
     """`await_prediction`'s body: poll with backoff; any way out cancels the prediction."""
     plan = plan_wait(prediction, control.credentials, control.timeout_seconds)
-    try:
-        final: Prediction = plan.api.run(plan.wait, on_update=plan.progress,
-                                         on_note=plan.progress.log.info)
-    except BaseException:
-        try:
-            plan.api.run(plan.cancel())
-        except Exception as exc:
-            plan.cancel_failed(exc)
-        raise
-    return raise_for_outcome(final)
+    return raise_for_outcome(plan.run_blocking())
 
 
 def _create(item: BatchItem, key: str, request: Any, control: BatchControl) -> Prediction:

@@ -170,6 +170,22 @@ class WaitPlan:
     def cancel(self) -> protocol.Protocol:
         return protocol.cancel(self.prediction_id, policy=retry_policy())
 
+    def run_blocking(self) -> Prediction:
+        """Poll until terminal (blocking I/O); any way out before that cancels the prediction."""
+        if self.already is not None:
+            self.progress(self.already)
+            return self.already
+        try:
+            final: Prediction = self.api.run(self.wait, on_update=self.progress,
+                                             on_note=self.progress.log.info)
+        except BaseException:
+            try:
+                self.cancelled(self.api.run(self.cancel()))
+            except Exception as exc:
+                self.cancel_failed(exc)
+            raise
+        return final
+
     def cancelled(self, result: Prediction | None) -> None:
         status = result.status if result is not None else PredictionStatus.CANCELED
         self.progress.log.warning(

@@ -120,19 +120,7 @@ def await_prediction(
     prediction; any other way out (task timeout, Ctrl-C, cancellation) also cancels it.
     """
     plan = plan_wait(prediction, credentials, timeout_seconds)
-    if plan.already is not None:
-        plan.progress(plan.already)
-        return plan.finished(plan.already)
-    try:
-        final: Prediction = plan.api.run(plan.wait, on_update=plan.progress,
-                                         on_note=plan.progress.log.info)
-    except BaseException:
-        try:
-            plan.cancelled(plan.api.run(plan.cancel()))
-        except Exception as exc:
-            plan.cancel_failed(exc)
-        raise
-    return plan.finished(final)
+    return plan.finished(plan.run_blocking())
 
 
 @task(
