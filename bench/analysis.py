@@ -158,9 +158,11 @@ def _notes(figs: dict[str, Any], missed: list[str]) -> list[str]:
     f6 = figs.get("fig_cold_start", {})
     if f6.get("import_s"):
         out.append(
-            f"- Cold start (6): `import tasks` is lazy ({f6['import_s']['tasks'] * 1000:.0f} ms, "
+            "- Cold start (6): `import prefect_seedream` is lazy "
+            f"({f6['import_s']['public'] * 1000:.0f} ms, "
             f"no Prefect); the first task use imports Prefect "
-            f"({f6['import_s']['tasks_predictions'] * 1000:.0f} ms for `tasks.predictions`). "
+            f"({f6['import_s']['tasks_predictions'] * 1000:.0f} ms for "
+            "`prefect_seedream.tasks.predictions`). "
             "Without a Prefect API the CLI starts Prefect's temporary server before the first "
             "create; point `PREFECT_API_URL` at a running server to skip it.")
     fb = figs.get("fig_loop_lag", {})

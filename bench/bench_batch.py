@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import SecretStr
 
     from bench.servers import MotoProcess, SandboxProcess
-    from blocks import ReplicateCredentials, S3Destination
-    from flows.batch_flows import generate_batch
-    from flows.batch_report import BatchItemsFailed, add_listener
+    from prefect_seedream.blocks import ReplicateCredentials, S3Destination
+    from prefect_seedream.flows.batch.flow import generate_batch
+    from prefect_seedream.flows.batch.progress import add_listener
+    from prefect_seedream.flows.batch.report import BatchItemsFailed
 
     manifest = [{"id": f"sku-{i:04d}", "prompt": f"studio photo of product {i}", "size": "1K",
                  "aspect_ratio": "1:1"} for i in range(args.items)]

@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox import Sandbox, SandboxConfig
+from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
 MODEL = "bytedance/seedream-4"
 

@@ -164,7 +164,7 @@ def _http() -> Any:
 def credentials(base_url: str, token: str) -> Any:
     from pydantic import SecretStr
 
-    from blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
     return ReplicateCredentials(api_token=SecretStr(token), base_url=base_url)
 
@@ -172,7 +172,7 @@ def credentials(base_url: str, token: str) -> Any:
 def destination(endpoint: str, bucket: str, prefix: str = "bench") -> Any:
     from pydantic import SecretStr
 
-    from blocks.s3_destination import S3Destination
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
     return S3Destination(bucket=bucket, prefix=prefix, endpoint_url=endpoint,
                          region_name="us-east-1", aws_access_key_id="testing",

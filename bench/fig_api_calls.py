@@ -8,7 +8,8 @@ Variants:
 - `ours_default`: `create_prediction` + `await_prediction` as shipped (PollSchedule 0.5 s x1.5 up
   to 5 s, no history of earlier run times);
 - `ours_wait60`: the same with `create_prediction(wait_seconds=60)` (sync mode);
-- experiments driving `tasks.replicate_protocol` directly with other settings:
+- experiments driving `prefect_seedream.tasks.replicate_client.protocol` directly with other
+  settings:
   `exp_wait60_poll1` (sync create; no GET if it came back finished; then poll every 1 s),
   `exp_history` (no sync; `expected_seconds` known, as after one prediction of that size),
   `exp_wait60_history` (sync create + `expected_seconds` as `plan_wait` would pass it today);
@@ -37,11 +38,11 @@ def _ts(text: str | None) -> float | None:
 
 
 def _variants(base_url: str, token: str, size: str) -> dict[str, Any]:
-    from tasks import replicate_protocol as protocol
-    from tasks.connections import replicate_api
-    from tasks.prediction_support import retry_policy
-    from tasks.predictions import await_prediction, create_prediction
-    from tasks.seedream_input import SeedreamInput
+    from prefect_seedream.tasks.connections import replicate_api
+    from prefect_seedream.tasks.prediction_support import retry_policy
+    from prefect_seedream.tasks.predictions import await_prediction, create_prediction
+    from prefect_seedream.tasks.replicate_client import protocol
+    from prefect_seedream.tasks.seedream_input import SeedreamInput
 
     creds = credentials(base_url, token)
     api = replicate_api(creds)
@@ -103,7 +104,7 @@ def _variants(base_url: str, token: str, size: str) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     bench_env()
-    from sandbox import Sandbox, SandboxConfig
+    from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
     sandboxes = [Sandbox(config=SandboxConfig(run_seconds=d, rate_limits=False)).start()
                  for d in DURATIONS]

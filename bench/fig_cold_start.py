@@ -1,11 +1,12 @@
-"""Figure 6: cold start of the `seedream` command, and import time of the `tasks` package.
+"""Figure 6: cold start of the `seedream` command, and import time of `prefect_seedream`.
 
 - CLI: wall time from spawning `seedream generate ...` to the first create request the sandbox
   receives, with no Prefect API (Prefect starts its temporary server, the first-run experience)
   and with the API already up (`PREFECT_API_URL` of a running test server). Baseline: spawning
   the naive script (`python -c "import replicate ...; run(...)"`) to its first create.
-- Imports: `import tasks` in a fresh interpreter vs `import replicate, boto3` (what the naive
-  script needs), and, for reference, `import tasks.predictions` (which pulls in Prefect).
+- Imports: `import prefect_seedream` (the public face) in a fresh interpreter vs
+  `import replicate, boto3` (what the naive script needs), and, for reference,
+  `import prefect_seedream.tasks.predictions` (which pulls in Prefect).
 All interleaved, median of the repeats. (`--sandbox` embeds its own sandbox, so the CLI is pointed
 at this figure's sandbox with REPLICATE_BASE_URL instead; the code path is the same after that.)
 """
@@ -49,14 +50,14 @@ def run() -> dict[str, Any]:
     bench_env()
     from prefect.testing.utilities import prefect_test_harness
 
-    from sandbox import Sandbox, SandboxConfig
+    from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
     out: dict[str, Any] = {"repeats": REPEATS}
     imports = interleave({
-        "tasks": lambda n: _import_seconds("tasks"),
+        "public": lambda n: _import_seconds("prefect_seedream"),
         "replicate_boto3": lambda n: _import_seconds("replicate, boto3"),
-        "tasks_predictions": lambda n: _import_seconds("tasks.predictions"),
-        "flows_command_line": lambda n: _import_seconds("flows.command_line"),
+        "tasks_predictions": lambda n: _import_seconds("prefect_seedream.tasks.predictions"),
+        "flows_command_line": lambda n: _import_seconds("prefect_seedream.cli"),
     }, IMPORT_REPEATS)
     out["import_s"] = {k: round(median([s for s, _ in v]), 3) for k, v in imports.items()}
     out["import_pulls_prefect"] = {k: v[0][1] for k, v in imports.items()}

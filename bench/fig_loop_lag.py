@@ -33,7 +33,7 @@ async def _heartbeat(stop: asyncio.Event, lags: list[float]) -> None:
 @flow(name="bench-loop-lag")
 async def lag_flow(prompts: list[str], credentials: Any, destination: Any,
                    idle_seconds: float) -> dict[str, Any]:
-    from flows.image_flows_async import agenerate_images
+    from prefect_seedream.flows.image_flows_async import agenerate_images
 
     lags: list[float] = []
     stop = asyncio.Event()

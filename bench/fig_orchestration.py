@@ -54,7 +54,7 @@ def _small(fn: Any) -> Any:
 
 def _time_ledger() -> dict[str, Any]:
     """Time (not change) the prediction ledger's calls, to attribute the overhead."""
-    from tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks import prediction_ledger as ledger
 
     record: dict[str, Any] = {"calls": {}}
 
@@ -149,7 +149,8 @@ def run() -> dict[str, Any]:
             raw = interleave({k: timed(v) for k, v in variants.items()}, ROUNDS)
     calls = ledger_time.get("calls", {})
     out["ledger"] = {
-        "note": "wall seconds inside tasks.prediction_ledger during the timed Prefect runs",
+        "note": "wall seconds inside prefect_seedream.tasks.prediction_ledger during the timed "
+                "Prefect runs",
         **{name: {"calls": len(v), "total_s": round(sum(v), 2),
                   "mean_s": round(sum(v) / len(v), 3), "max_s": round(max(v), 2)}
            for name, v in calls.items() if v},

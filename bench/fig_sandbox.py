@@ -44,7 +44,7 @@ def _threaded(sb: Any, ids: list[str]) -> list[float]:
 
 def run() -> dict[str, Any]:
     bench_env()
-    from sandbox import Sandbox, SandboxConfig
+    from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
     config = SandboxConfig(run_seconds=600.0, rate_limits=False)
     with Sandbox(config=config) as loaded, Sandbox(config=config) as idle:

@@ -36,8 +36,8 @@ def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
     from prefect.logging import disable_run_logger
 
     from bench.common import destination, s3_client
-    from tasks.prediction_model import Prediction
-    from tasks.storage import store_outputs
+    from prefect_seedream.tasks.replicate_client.prediction import Prediction
+    from prefect_seedream.tasks.storage import store_outputs
 
     bucket = f"bench-{mode}-{os.getpid()}"
     client = s3_client(endpoint)
@@ -111,7 +111,7 @@ def run() -> dict[str, Any]:
 
     stream_mbps, naive_mbps = med("stream", "mb_per_s"), med("naive", "mb_per_s")
     stream_mem, naive_mem = med("stream", "peak_growth_mb"), med("naive", "peak_growth_mb")
-    from tasks.s3_upload import DOWNLOAD_CHUNK, PART_SIZE
+    from prefect_seedream.tasks.s3_storage.upload import DOWNLOAD_CHUNK, PART_SIZE
 
     return {
         "outputs": COUNT, "concurrency": CONCURRENCY, "rounds": ROUNDS,

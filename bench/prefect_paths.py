@@ -1,6 +1,7 @@
 """The Prefect side of figures 1, 5 and (b): many single-image predictions at a concurrency.
 
-- `batch`: `flows.batch_flows.generate_batch(max_in_flight=C)`, when that flow exists;
+- `batch`: `prefect_seedream.flows.batch.flow.generate_batch(max_in_flight=C)`, when that flow
+  exists;
 - `agen`: one async flow gathering `agenerate_images` under an `asyncio.Semaphore(C)`;
 - `agen_wait60` (experiment): the same, but each create holds open up to 60 s (`Prefer: wait`),
   built from the public async tasks exactly as `arun_prediction` composes them.
@@ -16,16 +17,16 @@ from typing import Any
 from anyio import to_thread
 from prefect import flow
 
-from flows.image_flows_async import agenerate_images
-from flows.image_report import publish_report
-from tasks.predictions_async import aawait_prediction, acreate_prediction
-from tasks.seedream_input import SeedreamInput
-from tasks.storage_async import astore_outputs
+from prefect_seedream.flows.image_flows_async import agenerate_images
+from prefect_seedream.flows.image_report import publish_report
+from prefect_seedream.tasks.predictions_async import aawait_prediction, acreate_prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput
+from prefect_seedream.tasks.storage_async import astore_outputs
 
 
 def batch_available() -> bool:
     try:
-        from flows.batch_flows import generate_batch  # noqa: F401
+        from prefect_seedream.flows.batch.flow import generate_batch  # noqa: F401
     except Exception:
         return False
     return True
@@ -69,7 +70,7 @@ def run_agen(prompts: list[str], credentials: Any, destination: Any, limit: int,
 
 def run_batch(prompts: list[str], credentials: Any, destination: Any, limit: int,
               key_prefix: str) -> int:
-    from flows.batch_flows import generate_batch
+    from prefect_seedream.flows.batch.flow import generate_batch
 
     manifest = [{"id": f"item-{i}", "prompt": p, "size": "1K", "aspect_ratio": "1:1"}
                 for i, p in enumerate(prompts)]

@@ -145,13 +145,13 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                     f"{fc['naive_script']:.2f} s (naive script)", f"{f6['ratios'][key]:.2f}x",
                     "reported", None, "fig6")
         imp = f6["import_s"]
-        pulls = f6["import_pulls_prefect"]["tasks"]
-        add("6. `import tasks` (fresh interpreter)",
-            f"{imp['tasks'] * 1000:.0f} ms{' (pulls in Prefect!)' if pulls else ''}",
+        pulls = f6["import_pulls_prefect"]["public"]
+        add("6. `import prefect_seedream` (fresh interpreter)",
+            f"{imp['public'] * 1000:.0f} ms{' (pulls in Prefect!)' if pulls else ''}",
             f"{imp['replicate_boto3'] * 1000:.0f} ms (`import replicate, boto3`)",
-            f"{imp['tasks'] / imp['replicate_boto3']:.2f}x",
+            f"{imp['public'] / imp['replicate_boto3']:.2f}x",
             "light: no Prefect import, <= 1.0x", (not pulls) and
-            imp["tasks"] <= imp["replicate_boto3"], "fig6")
+            imp["public"] <= imp["replicate_boto3"], "fig6")
 
     fa = figs.get("fig_sandbox", {})
     if "loaded_seq" in fa:
@@ -306,8 +306,9 @@ def render(results: dict[str, Any]) -> None:
         parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     parts += ["## Figure 2 in detail: every await variant", "",
               "Requests = 1 create + GETs + cancels, counted by the sandbox per prediction. "
-              "`ours_*` are the shipped tasks; `exp_*` drive `tasks.replicate_protocol` with other "
-              "settings (experiments, not shipped); `base_*` use the `replicate` client.", "",
+              "`ours_*` are the shipped tasks; `exp_*` drive "
+              "`prefect_seedream.tasks.replicate_client.protocol` with other settings "
+              "(experiments, not shipped); `base_*` use the `replicate` client.", "",
               _fig2_table(figs.get("fig_api_calls", {})), "",
               "## Figure 5 in detail: where it stops scaling", "",
               _fig5_table(figs.get("fig_scaling", {})), ""]

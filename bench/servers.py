@@ -66,8 +66,8 @@ class _Process:
 
 
 class SandboxProcess(_Process):
-    """`python -m sandbox` on a free port, rate limits off, outputs as http URLs (as Replicate's
-    https URLs, not inline data: URIs); admin over `/_sandbox/`."""
+    """`python -m prefect_seedream.sandbox` on a free port, rate limits off, outputs as http URLs
+    (as Replicate's https URLs, not inline data: URIs); admin over `/_sandbox/`."""
 
     def __init__(self, run_seconds: float = 2.0) -> None:
         super().__init__([sys.executable, "-m", "sandbox", "--port", "{port}", "--run-seconds",

@@ -16,7 +16,7 @@ class ReplicateCredentials(CredentialsBlock):
 
     Example:
         ```python
-        from blocks import ReplicateCredentials
+        from prefect_seedream.blocks import ReplicateCredentials
 
         credentials = ReplicateCredentials.load("BLOCK_NAME")
         client = credentials.get_client()

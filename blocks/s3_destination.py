@@ -42,7 +42,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
     Example:
         ```python
-        from blocks.s3_destination import parse_s3_uri
+        from prefect_seedream.blocks.s3_destination import parse_s3_uri
 
         assert parse_s3_uri("s3://my-bucket/runs/abc/0.jpg") == ("my-bucket", "runs/abc/0.jpg")
         ```
@@ -98,7 +98,7 @@ class S3Destination(Block):
     Example:
         Load a saved destination and store a file under its prefix:
         ```python
-        from blocks import S3Destination
+        from prefect_seedream.blocks import S3Destination
 
         destination = S3Destination.load("BLOCK_NAME")
         key = destination.join_key("manual", "hello.txt")
@@ -160,7 +160,7 @@ class S3Destination(Block):
 
         Example:
             ```python
-            from blocks.s3_destination import S3Destination
+            from prefect_seedream.blocks.s3_destination import S3Destination
 
             destination = S3Destination(bucket="my-bucket", region_name="us-east-1")
             assert destination.get_client() is destination.get_client()
@@ -187,7 +187,7 @@ class S3Destination(Block):
 
         Example:
             ```python
-            from blocks.s3_destination import S3Destination
+            from prefect_seedream.blocks.s3_destination import S3Destination
 
             destination = S3Destination(bucket="my-bucket", prefix="/runs/")
             assert destination.join_key("abc/", "/0.jpg") == "runs/abc/0.jpg"
@@ -200,7 +200,7 @@ class S3Destination(Block):
 
         Example:
             ```python
-            from blocks.s3_destination import S3Destination
+            from prefect_seedream.blocks.s3_destination import S3Destination
 
             assert S3Destination(bucket="my-bucket").uri("a/0.jpg") == "s3://my-bucket/a/0.jpg"
             ```
@@ -222,7 +222,7 @@ class S3Destination(Block):
 
         Example:
             ```python
-            from blocks.s3_destination import S3Destination
+            from prefect_seedream.blocks.s3_destination import S3Destination
 
             destination = S3Destination(bucket="my-bucket", region_name="us-east-1")
             url = destination.presign_get("s3://my-bucket/runs/abc/0.jpg", expires_in=600)
@@ -244,7 +244,7 @@ def join_key_parts(*parts: str) -> str:
 
     Example:
         ```python
-        from blocks.s3_destination import join_key_parts
+        from prefect_seedream.blocks.s3_destination import join_key_parts
 
         assert join_key_parts("", "/runs//", "a", "0.jpg") == "runs/a/0.jpg"
         ```

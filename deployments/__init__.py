@@ -1,22 +1,23 @@
 """Deployments of the prefect-seedream flows: one module per deployment, each with `build()`.
 
 `prefect.yaml` declares the same deployments for `prefect deploy`; `build_all()` returns them as
-`RunnerDeployment`s for `serve()` (`python -m deployments`) or `.apply()` to a work pool.
-Re-exported lazily, so `python -m deployments.webhook_receiver` does not import every flow.
+`RunnerDeployment`s for `serve()` (`python -m prefect_seedream.deployments`) or `.apply()` to a work
+pool. Re-exported lazily, so `python -m prefect_seedream.deployments.webhook_receiver` does not
+import every flow.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tasks.lazy_exports import lazy_exports
+from prefect_seedream._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from deployments.registry import build_all
+    from prefect_seedream.deployments.registry import build_all
 
-_EXPORTS = {"build_all": "deployments.registry"}
+_EXPORTS = {"build_all": "prefect_seedream.deployments.registry"}
 
 __all__ = ["build_all"]
 
 
-__getattr__, __dir__ = lazy_exports("deployments", _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,5 @@
-"""`python -m deployments`: serve every deployment from this process (no work pool needed).
+"""`python -m prefect_seedream.deployments`: serve every deployment from this process (no work pool
+needed).
 
 The served runs take the shared create budget only if this process has
 `SEEDREAM_RATE_LIMIT_NAME` set (prefect.yaml sets it for work-pool runs).
@@ -6,7 +7,7 @@ The served runs take the shared create budget only if this process has
 
 from __future__ import annotations
 
-from deployments.registry import build_all
+from prefect_seedream.deployments.registry import build_all
 
 
 def main() -> None:

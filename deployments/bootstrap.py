@@ -1,6 +1,6 @@
 """One-time set-up of a Prefect server for the Seedream deployments, idempotent.
 
-    python -m deployments.bootstrap --bucket my-images            # pool, limit, blocks
+    python -m prefect_seedream.deployments.bootstrap --bucket my-images   # pool, limit, blocks
 
 creates the `seedream-process` work pool, the `replicate-create` global rate limit (600 creates a
 minute), and saves the blocks the deployments use: `seedream-replicate` from the token in
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from deployments.common import (
+from prefect_seedream.deployments.common import (
     CREDENTIALS_BLOCK,
     DESTINATION_BLOCK,
     RATE_LIMIT,
@@ -76,7 +76,7 @@ def save_blocks(*, bucket: str, prefix: str = "seedream", endpoint_url: str | No
     from prefect.blocks.system import Secret
     from pydantic import SecretStr
 
-    from blocks import ReplicateCredentials, S3Destination
+    from prefect_seedream.blocks import ReplicateCredentials, S3Destination
 
     env = dict(os.environ if environ is None else environ)
     saved = []
@@ -101,7 +101,7 @@ def save_blocks(*, bucket: str, prefix: str = "seedream", endpoint_url: str | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.bootstrap",
+        prog="python -m prefect_seedream.deployments.bootstrap",
         description="Create the work pool, the create rate limit and the blocks (idempotent).")
     parser.add_argument("--bucket", required=True, help="S3 bucket for the images")
     parser.add_argument("--prefix", default="seedream", help="key prefix (default: seedream)")

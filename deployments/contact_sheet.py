@@ -1,7 +1,8 @@
 """`make-contact-sheet/on-images-stored`: the example downstream pipeline, chained by an event.
 
-Every `seedream.images.stored` event runs `flows.pipeline_example.contact_sheet` with the event's
-image URIs, named after the prediction (so a repeated event rewrites the same sheet).
+Every `seedream.images.stored` event runs `prefect_seedream.flows.pipeline_example.contact_sheet`
+with the event's image URIs, named after the prediction (so a repeated event rewrites the same
+sheet).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from prefect.events import DeploymentEventTrigger
 
-from deployments.common import DESTINATION_BLOCK, deployment
-from flows.events import IMAGES_STORED
+from prefect_seedream.deployments.common import DESTINATION_BLOCK, deployment
+from prefect_seedream.flows.events import IMAGES_STORED
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -30,7 +31,7 @@ def trigger() -> DeploymentEventTrigger:
 
 
 def build(work_pool_name: str | None = None) -> RunnerDeployment:
-    from flows.pipeline_example import contact_sheet
+    from prefect_seedream.flows.pipeline_example import contact_sheet
 
     return deployment(
         contact_sheet, NAME, work_pool_name, parameters={"destination": DESTINATION_BLOCK},

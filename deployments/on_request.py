@@ -1,8 +1,8 @@
 """`generate-images/on-request`: generate images whenever a `seedream.generate.requested` event
 arrives, with the prompt and options from the event's payload.
 
-Any system can ask (see the README): `flows.events.request_generation(...)` from Python,
-`prefect event emit seedream.generate.requested --resource-id seedream.request.42 --payload
+Any system can ask (see the README): `prefect_seedream.flows.events.request_generation(...)` from
+Python, `prefect event emit seedream.generate.requested --resource-id seedream.request.42 --payload
 '{"prompt": "..."}'` from a shell, or a Prefect Cloud webhook. Anyone who can emit events can
 spend Replicate credit: keep API access to your Prefect server as narrow as that.
 """
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from prefect.events import DeploymentEventTrigger
 
-from deployments.common import blocks, deployment
-from flows.events import GENERATE_REQUESTED
+from prefect_seedream.deployments.common import blocks, deployment
+from prefect_seedream.flows.events import GENERATE_REQUESTED
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -46,7 +46,7 @@ def trigger() -> DeploymentEventTrigger:
 
 def build(work_pool_name: str | None = None) -> RunnerDeployment:
     """The deployment, for `serve(build())` or `build("seedream-process").apply()`."""
-    from flows.image_flows import generate_images
+    from prefect_seedream.flows.image_flows import generate_images
 
     return deployment(
         generate_images, NAME, work_pool_name, parameters=blocks(), triggers=[trigger()],

@@ -2,7 +2,8 @@
 webhook; `store-prediction/on-webhook` stores them when `replicate.prediction.completed` arrives.
 
 No worker waits while Replicate works. The event comes from the receiver that ships with the
-project (`python -m deployments.webhook_receiver`) or from a Prefect Cloud webhook (README).
+project (`python -m prefect_seedream.deployments.webhook_receiver`) or from a Prefect Cloud webhook
+(README).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from prefect.events import DeploymentEventTrigger
 
-from deployments.common import blocks, deployment
-from flows.events import PREDICTION_COMPLETED
+from prefect_seedream.deployments.common import blocks, deployment
+from prefect_seedream.flows.events import PREDICTION_COMPLETED
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -33,7 +34,7 @@ def trigger() -> DeploymentEventTrigger:
 
 def build(work_pool_name: str | None = None) -> RunnerDeployment:
     """`store-prediction/on-webhook`."""
-    from flows.webhook_flows import store_prediction
+    from prefect_seedream.flows.webhook_flows import store_prediction
 
     return deployment(
         store_prediction, STORE_NAME, work_pool_name, parameters=blocks(), triggers=[trigger()],
@@ -44,7 +45,7 @@ def build(work_pool_name: str | None = None) -> RunnerDeployment:
 def build_submit(work_pool_name: str | None = None,
                  webhook_url: str = "https://hooks.example.com/replicate") -> RunnerDeployment:
     """`submit-images/with-webhook` (run it with `run_deployment` or from the UI)."""
-    from flows.webhook_flows import submit_images
+    from prefect_seedream.flows.webhook_flows import submit_images
 
     return deployment(
         submit_images, SUBMIT_NAME, work_pool_name,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from deployments.common import DESTINATION_BLOCK, blocks, deployment
+from prefect_seedream.deployments.common import DESTINATION_BLOCK, blocks, deployment
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -16,13 +16,13 @@ NAME = "example"
 
 
 def build_with_tasks(work_pool_name: str | None = None) -> RunnerDeployment:
-    from flows.pipeline_example import catalogue_with_contact_sheet
+    from prefect_seedream.flows.pipeline_example import catalogue_with_contact_sheet
 
     return deployment(catalogue_with_contact_sheet, NAME, work_pool_name, parameters=blocks())
 
 
 def build_via_deployment(work_pool_name: str | None = None) -> RunnerDeployment:
-    from flows.pipeline_example import catalogue_via_deployment
+    from prefect_seedream.flows.pipeline_example import catalogue_via_deployment
 
     return deployment(catalogue_via_deployment, NAME, work_pool_name,
                       parameters={"destination": DESTINATION_BLOCK})

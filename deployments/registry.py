@@ -10,7 +10,13 @@ if TYPE_CHECKING:
 
 def build_all(work_pool_name: str | None = None) -> list[RunnerDeployment]:
     """Every deployment of the project, for `serve(*build_all())`."""
-    from deployments import contact_sheet, nightly, on_request, on_webhook, pipeline_examples
+    from prefect_seedream.deployments import (
+        contact_sheet,
+        nightly,
+        on_request,
+        on_webhook,
+        pipeline_examples,
+    )
 
     return [
         on_request.build(work_pool_name),

@@ -1,13 +1,16 @@
 """A small HTTP receiver that turns Replicate's signed webhooks into Prefect events.
 
-    REPLICATE_WEBHOOK_SECRET=whsec_... python -m deployments.webhook_receiver --port 8788
-    python -m deployments.webhook_receiver --port 8788 --secret-block replicate-webhook-secret
+    REPLICATE_WEBHOOK_SECRET=whsec_... \
+        python -m prefect_seedream.deployments.webhook_receiver --port 8788
+    python -m prefect_seedream.deployments.webhook_receiver --port 8788 \
+        --secret-block replicate-webhook-secret
 
 For self-hosted Prefect servers (on Prefect Cloud a Cloud webhook can do the same; see README).
-Each `POST /replicate` is checked with `tasks.webhooks` (signature, timestamp within 300 s,
-`webhook-id` not seen before); a completed prediction becomes one `replicate.prediction.completed`
-event on the Prefect API the process is configured for (`PREFECT_API_URL`), carrying only the
-prediction's id, status, model and timings: never its input or output URLs.
+Each `POST /replicate` is checked with `prefect_seedream.tasks.webhooks` (signature, timestamp
+within 300 s, `webhook-id` not seen before); a completed prediction becomes one
+`replicate.prediction.completed` event on the Prefect API the process is configured for
+(`PREFECT_API_URL`), carrying only the prediction's id, status, model and timings: never its input
+or output URLs.
 
 Answers: 200 once the event is accepted by Prefect (or for a repeated `webhook-id`, or a
 non-final status, which are ignored), 400 for a request without Replicate's headers or with a
@@ -28,9 +31,9 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from flows.events import PREDICTION_COMPLETED, replicate_resource_id
-from tasks.prediction_model import PredictionStatus
-from tasks.webhooks import (
+from prefect_seedream.flows.events import PREDICTION_COMPLETED, replicate_resource_id
+from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
+from prefect_seedream.tasks.webhooks import (
     WebhookDelivery,
     WebhookMalformed,
     WebhookRejected,
@@ -194,7 +197,7 @@ def load_secret(secret_block: str | None, environ: Mapping[str, str] | None = No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.webhook_receiver",
+        prog="python -m prefect_seedream.deployments.webhook_receiver",
         description="Verify Replicate webhooks and emit replicate.prediction.completed events.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8788)

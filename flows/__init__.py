@@ -1,28 +1,16 @@
-"""Prefect flows for Seedream 4: generate or edit images and store them in S3.
+"""The Prefect flows: what a user gets (all re-exported by `prefect_seedream`, the public face).
 
-Re-exported lazily so the `seedream` command starts fast.
+- `image_flows`: `generate_images`, `edit_image`; `image_flows_async`: `agenerate_images`,
+  `aedit_image` (tasks, so gathered calls run concurrently).
+- `batch`: `generate_batch`, a manifest of thousands of prompts and edits.
+- `webhook_flows`: `submit_images` / `store_prediction`, no worker waiting on Replicate.
+- `events`, `run_hooks`, `image_report`, `flow_support`, `source_images`, `pipeline_example`:
+  events in and out, cancel-on-crash hooks, artifacts, shared flow plumbing, edit sources, and the
+  example downstream pipeline.
+
+Importing this package imports nothing else (no Prefect), so the `seedream` command starts fast.
 """
 
-from __future__ import annotations
+from prefect_seedream._lazy import check_import_name
 
-from typing import TYPE_CHECKING
-
-from tasks.lazy_exports import lazy_exports
-
-if TYPE_CHECKING:
-    from flows.batch_flows import generate_batch
-    from flows.image_flows import edit_image, generate_images
-    from flows.image_flows_async import aedit_image, agenerate_images
-
-_EXPORTS = {
-    "generate_images": "flows.image_flows",
-    "edit_image": "flows.image_flows",
-    "agenerate_images": "flows.image_flows_async",
-    "aedit_image": "flows.image_flows_async",
-    "generate_batch": "flows.batch_flows",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports("flows", _EXPORTS)
+check_import_name(__name__)

@@ -3,7 +3,8 @@
 - `seedream.generate.requested` (resource `seedream.request.<id>`): any system asks for images
   (`request_generation`, `prefect event emit`, a webhook); `generate-images/on-request` runs.
 - `replicate.prediction.completed` (`replicate.prediction.<id>`): the webhook receiver
-  (`deployments.webhook_receiver`) saw a signed completion; `store-prediction/on-webhook` runs.
+  (`prefect_seedream.deployments.webhook_receiver`) saw a signed completion;
+  `store-prediction/on-webhook` runs.
 - `seedream.images.stored` (`seedream.prediction.<id>`): a flow stored an image set.
 - `seedream.images.failed` (`seedream.prediction.<id>`, or `seedream.flow-run.<id>` when no
   prediction was created): a flow failed or crashed; the payload names the error type.
@@ -28,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prefect.events import Event
 
-    from tasks.prediction_model import Prediction
-    from tasks.storage import StoredImage
+    from prefect_seedream.tasks.replicate_client.prediction import Prediction
+    from prefect_seedream.tasks.storage import StoredImage
 
 GENERATE_REQUESTED = "seedream.generate.requested"
 PREDICTION_COMPLETED = "replicate.prediction.completed"
@@ -57,7 +58,7 @@ def redact(text: str) -> str:
 
     Example:
         ```python
-        from flows.events import redact
+        from prefect_seedream.flows.events import redact
 
         assert redact("GET https://b.s3/x.jpg?X-Amz-Signature=abc failed") == (
             "GET https://b.s3/x.jpg?… failed"
@@ -159,7 +160,7 @@ def request_generation(prompt: str, *, request_id: str | None = None,
 
     Example:
         ```python
-        from flows.events import request_generation
+        from prefect_seedream.flows.events import request_generation
 
         request_generation("a lighthouse at dawn", size="2K", aspect_ratio="16:9",
                            key_prefix="requests/ticket-481")
@@ -200,7 +201,7 @@ def emit_images_failed(flow: Any, flow_run: Any, state: Any) -> None:
     ids = [prediction_id] if prediction_id else []
     if not ids and flow_run_id:
         try:
-            from tasks import prediction_ledger as ledger
+            from prefect_seedream.tasks import prediction_ledger as ledger
 
             ids = [str(value["prediction_id"]) for _, value in ledger.entries(flow_run_id)]
         except Exception as exc:

@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blocks.s3_destination import S3Destination
-from flows.source_images import first_image_size, presign_sources
-from tasks.errors import InvalidInput, PredictionFailed, StorageFailed
-from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.flows.source_images import first_image_size, presign_sources
+from prefect_seedream.tasks.errors import InvalidInput, PredictionFailed, StorageFailed
+from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
 
 
 def build_request(
@@ -47,7 +47,14 @@ def prepare_edit(
     instruction: str, images: list[str], destination: S3Destination, *, timeout_seconds: float,
     **options: Any,
 ) -> tuple[SeedreamInput, tuple[int, int] | None]:
-    """Presign the sources, build the request and work out the output size to expect."""
+    """Presign the sources, build the request and work out the output size to expect.
+
+    Raises:
+        InvalidInput: `images` is empty (an edit needs the image it edits); nothing is sent.
+    """
+    if not images:
+        raise InvalidInput("edit_image needs at least one image in `images` (s3:// URIs or "
+                           "https URLs); to make an image from text alone, use generate_images.")
     urls = presign_sources(images, destination, expires_in=int(timeout_seconds) + 900)
     request = build_request(instruction, image_input=urls, **options)
     try:
@@ -60,7 +67,7 @@ def worth_another_prediction(exc: PredictionFailed, attempt: int, retries: int) 
     """Replicate's "Prediction interrupted; please retry (code: PA)" earns a new prediction,
     `retries` times at most; any other failure (content policy, bad input) does not."""
     if exc.interrupted and attempt < retries:
-        from tasks.connections import _log
+        from prefect_seedream.tasks.connections import _log
 
         _log().warning("Prediction %s was interrupted by Replicate; trying a new one (%d of %d)",
                        exc.prediction_id, attempt + 1, retries)

@@ -3,7 +3,7 @@
 Each flow checks everything it can before paying (input, credentials, bucket access), creates one
 prediction, waits for it, streams every output to S3, publishes an artifact and returns the
 stored images. If the run is cancelled or crashes, its hooks cancel what is still running.
-The async twins are in `flows.image_flows_async`.
+The async twins are in `prefect_seedream.flows.image_flows_async`.
 """
 
 # No `from __future__ import annotations`: Prefect validates parameters against these
@@ -13,23 +13,24 @@ import time
 
 from prefect import flow
 
-from blocks.replicate_credentials import ReplicateCredentials
-from blocks.s3_destination import S3Destination
-from flows.events import emit_images_failed, emit_images_stored
-from flows.flow_support import (
+from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
+from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.flows.events import emit_images_failed, emit_images_stored
+from prefect_seedream.flows.flow_support import (
     build_request,
     check_bucket,
     prepare_edit,
     worth_another_prediction,
 )
-from flows.image_report import publish_report
-from flows.run_hooks import cancel_open_predictions
-from tasks.connections import resolve_credentials, resolve_destination
-from tasks.errors import PredictionFailed
-from tasks.predictions import await_prediction, create_prediction
-from tasks.seedream_input import SeedreamInput, output_dimensions
-from tasks.seedream_settings import get_settings
-from tasks.storage import StoredImage, store_outputs
+from prefect_seedream.flows.image_report import publish_report
+from prefect_seedream.flows.run_hooks import cancel_open_predictions
+from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
+from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.predictions import await_prediction, create_prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
+from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.storage import StoredImage, store_outputs
 
 
 def run_prediction(
@@ -84,7 +85,7 @@ def generate_images(
     max_images: int = 1,
     enhance_prompt: bool | None = None,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
 ) -> list[StoredImage]:
@@ -95,7 +96,7 @@ def generate_images(
 
     Example:
         ```python
-        from flows import generate_images
+        from prefect_seedream import generate_images
 
         images = generate_images("a lighthouse at dawn, oil painting", aspect_ratio="16:9")
         print([image.uri for image in images])
@@ -133,7 +134,7 @@ def edit_image(
     max_images: int = 1,
     enhance_prompt: bool | None = None,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
 ) -> list[StoredImage]:
@@ -143,7 +144,7 @@ def edit_image(
 
     Example:
         ```python
-        from flows import edit_image
+        from prefect_seedream import edit_image
 
         edited = edit_image("make the sky stormy", ["s3://my-bucket/photos/beach.jpg"])
         ```

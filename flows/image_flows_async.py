@@ -8,8 +8,9 @@ They are async *tasks*, not subflows: Prefect 3.9 starts gathered async subflows
 with a second or more of bookkeeping each (measured here: 20 gathered subflows of 2 s took 34 s,
 20 gathered tasks 2.7 s), which would defeat the point. Predictions they create are recorded under
 your flow run; add `on_cancellation=[cancel_open_predictions]` and
-`on_crashed=[cancel_open_predictions]` (from `flows.run_hooks`) to your flow so a cancelled or
-crashed run cancels them too. In-process cancellation and timeouts are handled without hooks.
+`on_crashed=[cancel_open_predictions]` (from `prefect_seedream.flows.run_hooks`) to your flow so a
+cancelled or crashed run cancels them too. In-process cancellation and timeouts are handled without
+hooks.
 """
 
 from __future__ import annotations
@@ -21,23 +22,24 @@ from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.replicate_credentials import ReplicateCredentials
-from blocks.s3_destination import S3Destination
-from flows.events import emit_images_stored
-from flows.flow_support import (
+from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
+from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.flows.events import emit_images_stored
+from prefect_seedream.flows.flow_support import (
     build_request,
     check_bucket,
     prepare_edit,
     worth_another_prediction,
 )
-from flows.image_report import publish_report
-from tasks.connections import resolve_credentials, resolve_destination
-from tasks.errors import PredictionFailed
-from tasks.predictions_async import aawait_prediction, acreate_prediction
-from tasks.seedream_input import SeedreamInput, output_dimensions
-from tasks.seedream_settings import get_settings
-from tasks.storage import StoredImage
-from tasks.storage_async import astore_outputs
+from prefect_seedream.flows.image_report import publish_report
+from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
+from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.predictions_async import aawait_prediction, acreate_prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
+from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.storage import StoredImage
+from prefect_seedream.tasks.storage_async import astore_outputs
 
 
 async def arun_prediction(
@@ -78,7 +80,8 @@ async def arun_prediction(
 
 
 async def _target(
-    credentials: ReplicateCredentials | str | None, destination: S3Destination | str | None,
+    credentials: ReplicateCredentials | str | None,
+    destination: S3Destination | S3BucketBlock | str | None,
 ) -> S3Destination:
     await to_thread.run_sync(resolve_credentials, credentials)
     target = await to_thread.run_sync(resolve_destination, destination)
@@ -101,7 +104,7 @@ async def agenerate_images(
     max_images: int = 1,
     enhance_prompt: bool | None = None,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
 ) -> list[StoredImage]:
@@ -112,7 +115,7 @@ async def agenerate_images(
         import asyncio
         from prefect import task
 from prefect.cache_policies import NO_CACHE
-        from flows import agenerate_images
+        from prefect_seedream import agenerate_images
 
         @flow
         async def week_of_posts(prompts: list[str]) -> int:
@@ -148,7 +151,7 @@ async def aedit_image(
     max_images: int = 1,
     enhance_prompt: bool | None = None,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
 ) -> list[StoredImage]:

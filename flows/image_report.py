@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 if TYPE_CHECKING:
-    from blocks.s3_destination import S3Destination
-    from tasks.prediction_model import Prediction
-    from tasks.storage import StoredImage
+    from prefect_seedream.blocks.s3_destination import S3Destination
+    from prefect_seedream.tasks.replicate_client.prediction import Prediction
+    from prefect_seedream.tasks.storage import StoredImage
 
 
 def object_link(destination: S3Destination, bucket: str, key: str) -> str:

@@ -24,15 +24,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from blocks.replicate_credentials import ReplicateCredentials
-from blocks.s3_destination import S3Destination, parse_s3_uri
-from flows.events import emit_images_failed, emit_images_stored
-from flows.run_hooks import cancel_open_predictions
-from tasks.connections import resolve_destination
-from tasks.errors import SeedreamError
-from tasks.predictions import await_prediction, create_prediction
-from tasks.seedream_input import SeedreamInput, output_dimensions
-from tasks.storage import store_outputs
+from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
+from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+from prefect_seedream.blocks.s3_destination import S3Destination, parse_s3_uri
+from prefect_seedream.flows.events import emit_images_failed, emit_images_stored
+from prefect_seedream.flows.run_hooks import cancel_open_predictions
+from prefect_seedream.tasks.connections import resolve_destination
+from prefect_seedream.tasks.errors import SeedreamError
+from prefect_seedream.tasks.predictions import await_prediction, create_prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
+from prefect_seedream.tasks.storage import store_outputs
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -60,7 +61,7 @@ def sheet_layout(count: int, columns: int, thumb: int, gap: int) -> tuple[int, i
 
     Example:
         ```python
-        from flows.pipeline_example import sheet_layout
+        from prefect_seedream.flows.pipeline_example import sheet_layout
 
         assert sheet_layout(3, 4, 100, 10) == (3, 340, 120)
         ```
@@ -114,12 +115,12 @@ def make_contact_sheet(uris: list[str], destination: S3Destination, name: str, *
 @flow(name="make-contact-sheet",
       description="Makes a contact sheet of stored images (run by seedream.images.stored).")
 def contact_sheet(images: list[str], name: str,
-                  destination: S3Destination | str | None = None) -> ContactSheet:
+                  destination: S3Destination | S3BucketBlock | str | None = None) -> ContactSheet:
     """Make the contact sheet of `images` (s3:// URIs) named `name`.
 
     Example:
         ```python
-        from flows.pipeline_example import contact_sheet
+        from prefect_seedream.flows.pipeline_example import contact_sheet
 
         contact_sheet(["s3://my-images/seedream/p1/0.jpg"], name="p1", destination="images")
         ```
@@ -135,7 +136,7 @@ def contact_sheet(images: list[str], name: str,
 def catalogue_with_contact_sheet(
     prompt: str, *, size: str = "1K", aspect_ratio: str = "1:1", max_images: int = 4,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None, timeout_seconds: float = 600,
+    destination: S3Destination | S3BucketBlock | str | None = None, timeout_seconds: float = 600,
 ) -> ContactSheet:
     """Composition 1: the Seedream tasks called inside your own flow."""
     target = resolve_destination(destination)
@@ -168,7 +169,7 @@ def _stored_under(destination: S3Destination, prefix: str) -> list[str]:
 def catalogue_via_deployment(
     prompt: str, *, size: str = "1K", aspect_ratio: str = "1:1", max_images: int = 4,
     deployment: str = "generate-images/on-request",
-    destination: S3Destination | str | None = None, timeout_seconds: float = 900,
+    destination: S3Destination | S3BucketBlock | str | None = None, timeout_seconds: float = 900,
 ) -> ContactSheet:
     """Composition 2: `run_deployment`, with an idempotency key and a check of the child's state.
 

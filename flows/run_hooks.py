@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tasks import prediction_ledger as ledger
-from tasks import replicate_protocol as protocol
-from tasks.connections import replicate_api
+from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks.connections import replicate_api
+from prefect_seedream.tasks.replicate_client import protocol
 
 
 def cancel_open_predictions(flow: Any, flow_run: Any, state: Any) -> None:

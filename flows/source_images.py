@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import httpx
 from PIL import ImageFile
 
-from blocks.s3_destination import parse_s3_uri
-from tasks.errors import InvalidInput
+from prefect_seedream.blocks.s3_destination import parse_s3_uri
+from prefect_seedream.tasks.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from blocks.s3_destination import S3Destination
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 _HEADER_BYTES = 256 * 1024
 

@@ -2,8 +2,8 @@
 
 1. `submit_images` creates a prediction with a webhook and ends at once (seconds of worker time).
 2. Replicate calls the webhook when the prediction completes; the receiver
-   (`python -m deployments.webhook_receiver`, or a Prefect Cloud webhook) verifies the signature
-   and emits `replicate.prediction.completed`.
+   (`python -m prefect_seedream.deployments.webhook_receiver`, or a Prefect Cloud webhook) verifies
+   the signature and emits `replicate.prediction.completed`.
 3. The `store-prediction/on-webhook` deployment's trigger runs `store_prediction`, which reads
    the prediction once, streams its outputs to S3 and emits `seedream.images.stored`.
 
@@ -18,19 +18,20 @@ import time
 
 from prefect import flow
 
-from blocks.replicate_credentials import ReplicateCredentials
-from blocks.s3_destination import S3Destination
-from flows.events import emit_images_failed, emit_images_stored
-from flows.flow_support import build_request, check_bucket
-from flows.image_report import publish_report
-from flows.run_hooks import cancel_open_predictions
-from tasks.connections import resolve_credentials, resolve_destination
-from tasks.prediction_model import Prediction
-from tasks.prediction_support import raise_for_outcome, validate_input
-from tasks.predictions import await_prediction, create_prediction, get_prediction
-from tasks.seedream_input import output_dimensions
-from tasks.seedream_settings import get_settings
-from tasks.storage import StoredImage, store_outputs
+from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
+from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.flows.events import emit_images_failed, emit_images_stored
+from prefect_seedream.flows.flow_support import build_request, check_bucket
+from prefect_seedream.flows.image_report import publish_report
+from prefect_seedream.flows.run_hooks import cancel_open_predictions
+from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
+from prefect_seedream.tasks.prediction_support import raise_for_outcome, validate_input
+from prefect_seedream.tasks.predictions import await_prediction, create_prediction, get_prediction
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.seedream_input import output_dimensions
+from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.storage import StoredImage, store_outputs
 
 
 def expected_size(prediction: Prediction) -> tuple[int, int] | None:
@@ -56,7 +57,7 @@ def submit_images(
     max_images: int = 1,
     enhance_prompt: bool | None = None,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     timeout_seconds: float | None = None,
 ) -> str:
     """Create a prediction whose completion is delivered to `webhook_url`; return its id.
@@ -67,7 +68,7 @@ def submit_images(
 
     Example:
         ```python
-        from flows.webhook_flows import submit_images
+        from prefect_seedream.flows.webhook_flows import submit_images
 
         prediction_id = submit_images("a koi pond at night",
                                       webhook_url="https://hooks.example.com/replicate")
@@ -97,7 +98,7 @@ def store_prediction(
     prediction_id: str,
     *,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 120,
 ) -> list[StoredImage]:
@@ -110,7 +111,7 @@ def store_prediction(
 
     Example:
         ```python
-        from flows.webhook_flows import store_prediction
+        from prefect_seedream.flows.webhook_flows import store_prediction
 
         images = store_prediction("p8x2...", credentials="seedream-replicate",
                                   destination="seedream-images")

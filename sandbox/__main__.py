@@ -1,8 +1,8 @@
-"""`python -m sandbox`."""
+"""`python -m prefect_seedream.sandbox`."""
 
 import sys
 
-from sandbox.command_line import main
+from prefect_seedream.sandbox.command_line import main
 
 if __name__ == "__main__":
     sys.exit(main())

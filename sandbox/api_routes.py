@@ -13,23 +13,28 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from sandbox.config import image_count, parse_go_duration, parse_prefer_wait
-from sandbox.file_routes import as_data_uris
-from sandbox.http_types import Request, Response, json_response, problem
-from sandbox.input_images import InputImageError, load_inputs
-from sandbox.model_info import (
+from prefect_seedream.sandbox.config import image_count, parse_go_duration, parse_prefer_wait
+from prefect_seedream.sandbox.file_routes import as_data_uris
+from prefect_seedream.sandbox.http_types import Request, Response, json_response, problem
+from prefect_seedream.sandbox.input_images import InputImageError, load_inputs
+from prefect_seedream.sandbox.model_info import (
     VERSION_ID,
     UnknownModel,
     account_object,
     model_object,
     resolve_version,
 )
-from sandbox.prediction_state import PredictionRecord, new_prediction_id
-from sandbox.webhooks import DEFAULT_EVENTS, WEBHOOK_EVENTS
-from tasks.seedream_input import MODEL_SLUG, SeedreamInput, describe_errors, output_dimensions
+from prefect_seedream.sandbox.prediction_state import PredictionRecord, new_prediction_id
+from prefect_seedream.sandbox.webhooks import DEFAULT_EVENTS, WEBHOOK_EVENTS
+from prefect_seedream.tasks.seedream_input import (
+    MODEL_SLUG,
+    SeedreamInput,
+    describe_errors,
+    output_dimensions,
+)
 
 if TYPE_CHECKING:
-    from sandbox.app import SandboxApp
+    from prefect_seedream.sandbox.app import SandboxApp
 
 _BODY_KEYS = frozenset({
     "version", "input", "webhook", "webhook_completed", "webhook_events_filter", "stream",

@@ -1,7 +1,7 @@
 """The sandbox core: its state, the request router, and the background ticker.
 
 `SandboxApp` is independent of sockets: `handle(Request) -> Response`. The HTTP server in
-`sandbox.server` only parses requests and writes responses.
+`prefect_seedream.sandbox.server` only parses requests and writes responses.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandbox import admin_routes, api_routes, file_routes
-from sandbox.config import SandboxConfig
-from sandbox.counters import Counters
-from sandbox.faults import Faults
-from sandbox.http_types import Request, Response, problem
-from sandbox.prediction_state import PredictionRecord
-from sandbox.rate_limit import TokenBucket, throttled_detail
-from sandbox.rendering import FileCache
-from sandbox.store import PredictionStore
-from sandbox.webhooks import WebhookDispatcher, WebhookMessage, new_secret
+from prefect_seedream.sandbox import admin_routes, api_routes, file_routes
+from prefect_seedream.sandbox.config import SandboxConfig
+from prefect_seedream.sandbox.counters import Counters
+from prefect_seedream.sandbox.faults import Faults
+from prefect_seedream.sandbox.http_types import Request, Response, problem
+from prefect_seedream.sandbox.prediction_state import PredictionRecord
+from prefect_seedream.sandbox.rate_limit import TokenBucket, throttled_detail
+from prefect_seedream.sandbox.rendering import FileCache
+from prefect_seedream.sandbox.store import PredictionStore
+from prefect_seedream.sandbox.webhooks import WebhookDispatcher, WebhookMessage, new_secret
 
 TICK_SECONDS = 0.02
 _ID = r"([a-z0-9]+)"
@@ -92,9 +92,11 @@ class SandboxApp:
     def configure(self, **changes: Any) -> SandboxConfig:
         """Change settings at run time; see `SandboxConfig` for the fields."""
         with self._lock:
-            self.config = self.config.replace(**changes)
-            if {"create_rate_per_minute", "other_rate_per_minute", "create_burst",
-                    "other_burst", "rate_limits"} & set(changes):
+            before, self.config = self.config, self.config.replace(**changes)
+            if any(getattr(before, name) != getattr(self.config, name) for name in (
+                "create_rate_per_minute", "other_rate_per_minute", "create_burst",
+                "other_burst", "rate_limits",
+            )):  # posting GET's answer back keeps the rate-limit history
                 self._buckets = self._new_buckets()
             self.files.max_bytes = self.config.file_cache_bytes
             return self.config

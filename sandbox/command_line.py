@@ -1,12 +1,12 @@
-"""`sandbox` / `python -m sandbox`: run the Seedream 4 sandbox until Ctrl-C."""
+"""`sandbox` / `python -m prefect_seedream.sandbox`: run the Seedream 4 sandbox until Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import threading
 
-from sandbox.config import DEFAULT_TOKEN, SandboxConfig
-from sandbox.server import Sandbox
+from prefect_seedream.sandbox.config import DEFAULT_TOKEN, SandboxConfig
+from prefect_seedream.sandbox.server import Sandbox
 
 
 def build_parser() -> argparse.ArgumentParser:

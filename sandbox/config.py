@@ -95,6 +95,8 @@ class SandboxConfig:
 
     def check(self) -> None:
         """Raise `ValueError` naming the first field whose value makes no sense."""
+        for spec in dataclasses.fields(self):
+            _check_type(spec.name, str(spec.type), getattr(self, spec.name))
         for name in ("queue_seconds", "run_seconds", "retention_seconds",
                      "webhook_backoff_seconds"):
             if float(getattr(self, name)) < 0:
@@ -111,6 +113,21 @@ class SandboxConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
         return dataclasses.asdict(self)
+
+
+# What each annotation of a `SandboxConfig` field accepts (a float field takes an int too).
+_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "float": ("a number", (int, float)),
+    "int": ("a whole number", (int,)),
+    "bool": ("true or false", (bool,)),
+    "int | None": ("a whole number or null", (int, type(None))),
+}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    described, allowed = _TYPES.get(annotation, ("", (object,)))
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        raise ValueError(f"{name} must be {described}, not {value!r}")
 
 
 def image_count(max_images: int, sequential: str, auto_image_count: int | None) -> int:

@@ -1,7 +1,8 @@
 """Faults on demand: throttling, server errors, lost responses, failed runs, slow files.
 
-`Faults` is the public switchboard (`sandbox.faults`); the `take_*` methods are what the
-request handlers call to learn whether the current call must misbehave. All of it is
+`Faults` is the public switchboard (`prefect_seedream.sandbox.faults`); `Faults.update` applies
+an admin body, all or nothing (the rules are in `fault_settings`); the `take_*` methods are what
+the request handlers call to learn whether the current call must misbehave. All of it is
 thread-safe.
 """
 
@@ -9,17 +10,19 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sandbox.prediction_state import INTERRUPTED
+from prefect_seedream.sandbox.fault_settings import (
+    ADMIN_ACTIONS,
+    ROUTES,
+    FaultSettingsError,
+    cleared,
+    plan_update,
+)
+from prefect_seedream.sandbox.prediction_state import INTERRUPTED
 
-ROUTES = frozenset({"create", "get", "cancel", "list", "files", "account"})
-# Methods the admin endpoint may call, by name, with JSON keyword arguments.
-ADMIN_ACTIONS = frozenset({
-    "rate_limit_creates", "fail_next", "error_share", "drop_create_responses",
-    "interrupt_predictions", "slow_downloads", "expire_outputs", "clear",
-})
+__all__ = ["ADMIN_ACTIONS", "ROUTES", "FaultSettingsError", "Faults"]
 
 ExpireHook = Callable[[str | None, float | None], None]
 
@@ -72,11 +75,13 @@ class Faults:
 
         Args:
             route: One of create, get, cancel, list, files, account.
-            n: How many calls fail.
+            n: How many calls fail; 0 or less queues nothing.
             status: HTTP status to answer with.
         """
         _check_route(route)
         _check_status(status)
+        if int(n) <= 0:
+            return
         with self._lock:
             self._fail_next.setdefault(route, []).append((int(status), int(n)))
 
@@ -138,39 +143,63 @@ class Faults:
         self._expire(prediction_id, after_seconds)
 
     def clear(self) -> None:
-        """Turn every fault off (retention is config, see `Sandbox.configure`)."""
+        """Turn every fault off, as in a new sandbox (retention is config: `Sandbox.configure`)."""
         with self._lock:
-            self._rate_limited = 0
-            self._fail_next = {}
-            self._share = 0.0
-            self._share_routes = ROUTES
-            self._drops = 0
-            self._interrupts = []
-            self._bytes_per_second = None
+            self._load(cleared())
 
-    def apply(self, action: str, arguments: dict[str, Any]) -> None:
-        """Call the fault method named `action` with keyword `arguments` (admin endpoint).
+    def update(
+        self,
+        body: Mapping[str, Any],
+        prediction_exists: Callable[[str], bool] = lambda prediction_id: True,
+    ) -> None:
+        """Apply a `POST /_sandbox/faults` body, all or nothing.
+
+        Each key names a fault method. Its value is either what `state()` shows for it, which
+        sets the fault to exactly that (posting `state()` back changes nothing), or an object
+        of the method's keyword arguments, which calls it. `fault_settings` has the rules.
+
+        Args:
+            body: `{fault name: value, ...}`, as parsed from JSON.
+            prediction_exists: Tells whether `expire_outputs.prediction_id` names a
+                prediction.
 
         Raises:
-            ValueError: `action` is not a fault method.
+            FaultSettingsError: Naming every refused key; nothing was changed.
         """
-        if action not in ADMIN_ACTIONS:
-            names = ", ".join(sorted(ADMIN_ACTIONS))
-            raise ValueError(f"unknown fault {action!r}; use one of {names}")
-        getattr(self, action)(**arguments)
+        with self._lock:
+            plan = plan_update(self._state(), body, prediction_exists)
+            self._load(plan.state)
+        for prediction_id, after_seconds in plan.expiries:
+            self._expire(prediction_id, after_seconds)
 
     def state(self) -> dict[str, Any]:
-        """The active faults as a JSON-ready dict."""
+        """The active faults as a JSON-ready dict; `update` takes it back unchanged."""
         with self._lock:
-            return {
-                "rate_limit_creates": {"n": self._rate_limited, "retry_after": self._retry_after},
-                "fail_next": {r: [list(q) for q in qs] for r, qs in self._fail_next.items() if qs},
-                "error_share": {"share": self._share, "status": self._share_status,
-                                "routes": sorted(self._share_routes)},
-                "drop_create_responses": self._drops,
-                "interrupt_predictions": list(self._interrupts),
-                "slow_downloads": self._bytes_per_second,
-            }
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "rate_limit_creates": {"n": self._rate_limited, "retry_after": self._retry_after},
+            "fail_next": {r: [list(q) for q in qs] for r, qs in self._fail_next.items() if qs},
+            "error_share": {"share": self._share, "status": self._share_status,
+                            "routes": sorted(self._share_routes)},
+            "drop_create_responses": self._drops,
+            "interrupt_predictions": list(self._interrupts),
+            "slow_downloads": self._bytes_per_second,
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        """Set every switch from a checked state shaped like `state()`."""
+        self._rate_limited = state["rate_limit_creates"]["n"]
+        self._retry_after = state["rate_limit_creates"]["retry_after"]
+        self._fail_next = {route: [(status, n) for status, n in queue]
+                           for route, queue in state["fail_next"].items()}
+        self._share = state["error_share"]["share"]
+        self._share_status = state["error_share"]["status"]
+        self._share_routes = frozenset(state["error_share"]["routes"])
+        self._drops = state["drop_create_responses"]
+        self._interrupts = list(state["interrupt_predictions"])
+        self._bytes_per_second = state["slow_downloads"]
 
     # Called by the request handlers.
 

@@ -7,12 +7,12 @@ import html
 import re
 from typing import TYPE_CHECKING, Any
 
-from sandbox.http_types import Request, Response, problem
-from sandbox.rendering import render_jpeg
+from prefect_seedream.sandbox.http_types import Request, Response, problem
+from prefect_seedream.sandbox.rendering import render_jpeg
 
 if TYPE_CHECKING:
-    from sandbox.app import SandboxApp
-    from sandbox.prediction_state import PredictionRecord
+    from prefect_seedream.sandbox.app import SandboxApp
+    from prefect_seedream.sandbox.prediction_state import PredictionRecord
 
 _FILE = re.compile(r"^/files/([a-z0-9]+)/(\d+)\.jpg$")
 _PAGE = re.compile(r"^/p/([a-z0-9]+)$")

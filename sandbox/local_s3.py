@@ -12,7 +12,7 @@ class LocalS3:
 
     Example:
         ```python
-        from sandbox.local_s3 import LocalS3
+        from prefect_seedream.sandbox.local_s3 import LocalS3
 
         with LocalS3(bucket="seedream-demo") as s3:
             print(s3.endpoint_url)
@@ -56,7 +56,7 @@ class LocalS3:
         """An `S3Destination` block pointing at this server."""
         from pydantic import SecretStr
 
-        from blocks.s3_destination import S3Destination
+        from prefect_seedream.blocks.s3_destination import S3Destination
 
         return S3Destination(
             bucket=self.bucket, prefix=prefix, endpoint_url=self.endpoint_url,

@@ -8,7 +8,7 @@ import hashlib
 import re
 from typing import Any
 
-from tasks.seedream_input import MODEL_SLUG, SeedreamInput
+from prefect_seedream.tasks.seedream_input import MODEL_SLUG, SeedreamInput
 
 VERSION_ID = hashlib.sha256(b"prefect-seedream sandbox bytedance/seedream-4").hexdigest()
 VERSION_CREATED_AT = "2025-09-09T00:00:00.000000Z"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from tasks.seedream_input import SeedreamInput
+from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 INTERRUPTED = "Prediction interrupted; please retry (code: PA)"

@@ -1,6 +1,7 @@
 """Pytest fixtures: one sandbox server per session, reset before each test.
 
-Register with `pytest_plugins = ["sandbox.pytest_plugin"]` or the `pytest11` entry point.
+Register with `pytest_plugins = ["prefect_seedream.sandbox.pytest_plugin"]` or the `pytest11` entry
+point.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from replicate.client import Client
 
-from sandbox.config import SandboxConfig
-from sandbox.server import Sandbox
+from prefect_seedream.sandbox.config import SandboxConfig
+from prefect_seedream.sandbox.server import Sandbox
 
 TEST_TOKEN = "r8_sandbox_test_token"
 _FAST: dict[str, float] = {"queue_seconds": 0.0, "run_seconds": 0.1, "retention_seconds": 3600.0}

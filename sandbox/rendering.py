@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from sandbox.input_images import decode
+from prefect_seedream.sandbox.input_images import decode
 
 _TILE = 512
 FontType = ImageFont.FreeTypeFont | ImageFont.ImageFont

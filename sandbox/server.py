@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from sandbox.app import SandboxApp
-from sandbox.config import DEFAULT_TOKEN, SandboxConfig
-from sandbox.faults import Faults
-from sandbox.http_types import Request, Response, problem
+from prefect_seedream.sandbox.app import SandboxApp
+from prefect_seedream.sandbox.config import DEFAULT_TOKEN, SandboxConfig
+from prefect_seedream.sandbox.faults import Faults
+from prefect_seedream.sandbox.http_types import Request, Response, problem
 
-logger = logging.getLogger("sandbox")
+logger = logging.getLogger("prefect_seedream.sandbox")
 _CHUNK = 64 * 1024
 
 
@@ -140,7 +140,7 @@ class Sandbox:
     Example:
         ```python
         import replicate
-        from sandbox import Sandbox, SandboxConfig
+        from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
         with Sandbox(config=SandboxConfig(run_seconds=0.2)) as sb:
             client = replicate.Client(api_token=sb.api_token, base_url=sb.base_url)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sandbox.prediction_state import PredictionRecord, PredictionView
+from prefect_seedream.sandbox.prediction_state import PredictionRecord, PredictionView
 
 PAGE_SIZE = 100
 

@@ -11,7 +11,7 @@ Create it once per Prefect server (or let `prefect deploy` do it, see prefect.ya
 
 Example:
     ```python
-    from tasks.concurrency import acquire_create_slot
+    from prefect_seedream.tasks.concurrency import acquire_create_slot
 
     acquire_create_slot()  # blocks until the shared budget allows one more create
     ```
@@ -19,8 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from tasks.errors import SeedreamError
-from tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.errors import SeedreamError
+from prefect_seedream.tasks.seedream_settings import get_settings
 
 #: Replicate's default create budget and the matching decay (slots freed per second).
 DEFAULT_LIMIT_NAME = "replicate-create"
@@ -37,7 +37,7 @@ def create_command(name: str = DEFAULT_LIMIT_NAME,
 
     Example:
         ```python
-        from tasks.concurrency import create_command
+        from prefect_seedream.tasks.concurrency import create_command
 
         assert create_command() == (
             "prefect gcl create replicate-create --limit 600 --slot-decay-per-second 10"

@@ -12,13 +12,15 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import AuthenticationFailed
-from tasks.replicate_api import ReplicateApi
-from tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.errors import AuthenticationFailed
+from prefect_seedream.tasks.replicate_client.api import ReplicateApi
+from prefect_seedream.tasks.seedream_settings import get_settings
 
 if TYPE_CHECKING:
-    from blocks.replicate_credentials import ReplicateCredentials
-    from blocks.s3_destination import S3Destination
+    from prefect_aws import S3Bucket
+
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 _lock = threading.Lock()
 _apis: dict[str, ReplicateApi] = {}
@@ -40,7 +42,7 @@ def resolve_credentials(credentials: ReplicateCredentials | str | None) -> Repli
     With None: the block named by `SEEDREAM_CREDENTIALS_BLOCK`, else `REPLICATE_API_TOKEN` (and
     `REPLICATE_BASE_URL`) from the environment, which is logged so nobody is surprised.
     """
-    from blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
     if isinstance(credentials, ReplicateCredentials):
         return credentials
@@ -76,20 +78,34 @@ def replicate_api(credentials: ReplicateCredentials | str | None) -> ReplicateAp
         return api
 
 
-def resolve_destination(destination: S3Destination | str | None) -> S3Destination:
-    """An `S3Destination` from a block, a saved block's name, or `SEEDREAM_*` settings."""
-    from blocks.s3_destination import S3Destination
+def resolve_destination(destination: S3Destination | S3Bucket | str | None) -> S3Destination:
+    """An `S3Destination` from a block, a saved block's name, or `SEEDREAM_*` settings.
+
+    A prefect-aws `S3Bucket` (given, or saved under the name) becomes the equivalent
+    `S3Destination`: see `prefect_seedream.blocks.prefect_aws_adapter`.
+    """
+    from prefect_seedream.blocks.prefect_aws_adapter import (
+        is_s3_bucket,
+        s3_destination_from_bucket,
+    )
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
     if isinstance(destination, S3Destination):
         return destination
+    if is_s3_bucket(destination):
+        return s3_destination_from_bucket(destination)
+    if destination is not None and not isinstance(destination, str):
+        raise TypeError(
+            f"destination must be an S3Destination or prefect-aws S3Bucket block, a saved "
+            f"block's name, or None; got {type(destination).__name__}"
+        )
     settings = get_settings()
     name = destination or settings.destination_block
     if name:
-        found: S3Destination = S3Destination.load(name, _sync=True)  # type: ignore[call-arg,assignment]
-        return found
+        return load_destination(name)
     if not settings.bucket:
         raise ValueError(
-            "no S3 destination: pass an S3Destination block (or its name), set "
+            "no S3 destination: pass an S3Destination or S3Bucket block (or its name), set "
             "SEEDREAM_DESTINATION_BLOCK, or set SEEDREAM_BUCKET"
         )
     kwargs: dict[str, Any] = {"bucket": settings.bucket, "prefix": settings.prefix}
@@ -98,3 +114,50 @@ def resolve_destination(destination: S3Destination | str | None) -> S3Destinatio
     if settings.region_name:
         kwargs["region_name"] = settings.region_name
     return S3Destination(**kwargs)
+
+
+def load_destination(name: str) -> S3Destination:
+    """The saved destination block named `name`, as an `S3Destination`.
+
+    A plain name is looked up as a Seedream S3 Destination, then as a prefect-aws S3 Bucket
+    (loading that one imports prefect_aws, through Prefect's collection registry, and asks for
+    it to be installed if it is not); a `block-type-slug/name` (e.g. `s3-bucket/team-images`)
+    names its type itself.
+    """
+    from prefect.blocks.core import Block
+    from prefect.exceptions import ObjectNotFound
+
+    from prefect_seedream.blocks.prefect_aws_adapter import (
+        S3_BUCKET_SLUG,
+        is_s3_bucket,
+        s3_destination_from_bucket,
+    )
+    from prefect_seedream.blocks.s3_destination import S3Destination
+
+    if "/" in name:
+        slug = name
+    else:
+        try:
+            found: S3Destination = S3Destination.load(name, _sync=True)  # type: ignore[call-arg,assignment]
+            return found
+        except ValueError as exc:
+            if not isinstance(exc.__cause__, ObjectNotFound):
+                raise  # it exists but does not load: say why, do not look elsewhere
+        slug = f"{S3_BUCKET_SLUG}/{name}"
+    try:
+        block: Block = Block.load(slug, _sync=True)  # type: ignore[call-arg,assignment]
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, ObjectNotFound):
+            raise
+        raise ValueError(
+            f"No saved destination block named {name!r}: save an S3Destination "
+            f"({S3Destination.get_block_type_slug()}) or a prefect-aws S3Bucket "
+            f"({S3_BUCKET_SLUG}) under that name."
+        ) from exc
+    if isinstance(block, S3Destination):
+        return block
+    if is_s3_bucket(block):
+        return s3_destination_from_bucket(block)
+    raise TypeError(
+        f"The block {name!r} is a {type(block).__name__}, not an S3Destination or S3Bucket."
+    )

@@ -138,7 +138,7 @@ def retry_condition(task: object, task_run: object, state: Any) -> bool:
     Example:
         ```python
         from prefect import task
-        from tasks.errors import retry_condition
+        from prefect_seedream.tasks.errors import retry_condition
 
         @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_condition)
         def make_hero_image(prompt: str) -> None: ...

@@ -16,7 +16,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from tasks.prediction_model import PredictionStatus
+from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
 
 logger = logging.getLogger("prefect_seedream.ledger")
 

@@ -9,24 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from tasks import prediction_ledger as ledger
-from tasks import replicate_protocol as protocol
-from tasks.connections import _log, replicate_api
-from tasks.errors import (
+from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks.connections import _log, replicate_api
+from prefect_seedream.tasks.errors import (
     InvalidInput,
     PredictionAborted,
     PredictionCanceled,
     PredictionFailed,
     SeedreamError,
 )
-from tasks.prediction_model import Prediction, PredictionStatus
-from tasks.replicate_api import ReplicateApi
-from tasks.replicate_requests import created_at
-from tasks.seedream_input import SeedreamInput, describe_errors
-from tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.replicate_client import protocol
+from prefect_seedream.tasks.replicate_client.api import ReplicateApi
+from prefect_seedream.tasks.replicate_client.prediction import Prediction, PredictionStatus
+from prefect_seedream.tasks.replicate_client.request_builders import created_at
+from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors
+from prefect_seedream.tasks.seedream_settings import get_settings
 
 if TYPE_CHECKING:
-    from blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
 # Observed run time of recent predictions per size, so polling stays sparse until they are due.
 _recent_seconds: dict[str, float] = {}

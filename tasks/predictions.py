@@ -3,7 +3,8 @@
 Every task takes `credentials` as a `ReplicateCredentials` block, a saved block's name, or None
 (settings, then the environment). None of them is cached: a status read must be fresh, and a
 create is made idempotent by the prediction ledger, not by Prefect's input cache. The async
-twins (`acreate_prediction`, ...) live in `tasks.predictions_async` and make the same requests.
+twins (`acreate_prediction`, ...) live in `prefect_seedream.tasks.predictions_async` and make the
+same requests.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import prediction_ledger as ledger
-from tasks import replicate_protocol as protocol
-from tasks.concurrency import acquire_create_slot
-from tasks.connections import replicate_api
-from tasks.prediction_model import Prediction
-from tasks.prediction_support import plan_create, plan_wait, retry_policy
-from tasks.seedream_input import SeedreamInput
+from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks.concurrency import acquire_create_slot
+from prefect_seedream.tasks.connections import replicate_api
+from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, retry_policy
+from prefect_seedream.tasks.replicate_client import protocol
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 if TYPE_CHECKING:
-    from blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
 
 @task(
@@ -61,7 +62,7 @@ def create_prediction(
     Example:
         ```python
         from prefect import flow
-        from tasks import SeedreamInput, create_prediction, await_prediction
+        from prefect_seedream import SeedreamInput, create_prediction, await_prediction
 
         @flow
         def one_image() -> str:

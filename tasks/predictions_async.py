@@ -9,8 +9,8 @@ Example:
     ```python
     import asyncio
     from prefect import flow
-    from tasks import SeedreamInput
-    from tasks.predictions_async import acreate_prediction, aawait_prediction
+    from prefect_seedream import SeedreamInput
+    from prefect_seedream.tasks.predictions_async import acreate_prediction, aawait_prediction
 
     @flow
     async def many(prompts: list[str]) -> list[str]:
@@ -31,16 +31,16 @@ from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import prediction_ledger as ledger
-from tasks import replicate_protocol as protocol
-from tasks.concurrency import aacquire_create_slot
-from tasks.connections import replicate_api
-from tasks.prediction_model import Prediction
-from tasks.prediction_support import plan_create, plan_wait, retry_policy
-from tasks.seedream_input import SeedreamInput
+from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks.concurrency import aacquire_create_slot
+from prefect_seedream.tasks.connections import replicate_api
+from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, retry_policy
+from prefect_seedream.tasks.replicate_client import protocol
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 if TYPE_CHECKING:
-    from blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
 
 @task(

@@ -45,9 +45,14 @@ class SeedreamInput(BaseModel):
     Building one raises `pydantic.ValidationError` naming the field and the fix, so a bad
     request fails before any money is spent.
 
+    `aspect_ratio` defaults to `"match_input_image"`, as on Replicate's form, and a prompt
+    alone is accepted with it: with no input image to match, Seedream produces the size's 1:1
+    resolution (2048x2048 at the default 2K, 1024x1024 at 1K, 4096x4096 at 4K). Pass a
+    ratio such as `"16:9"` for another shape.
+
     Example:
         ```python
-        from tasks import SeedreamInput
+        from prefect_seedream import SeedreamInput
 
         request = SeedreamInput(prompt="a red fox in snow", size="2K", aspect_ratio="16:9")
         request.to_request()  # the JSON body's "input"
@@ -64,7 +69,10 @@ class SeedreamInput(BaseModel):
     size: Size = Field(default="2K", description="Resolution: 1K, 2K, 4K or custom.")
     aspect_ratio: AspectRatio = Field(
         default="match_input_image",
-        description="Aspect ratio; used only when size is not custom.",
+        description=(
+            "Aspect ratio; used only when size is not custom. match_input_image keeps the first "
+            "input image's ratio, or gives 1:1 when there is no image_input."
+        ),
     )
     width: int | None = Field(
         default=None, ge=MIN_SIDE, le=MAX_SIDE,
@@ -118,11 +126,6 @@ class SeedreamInput(BaseModel):
             )
         if custom and (self.width is None or self.height is None):
             raise ValueError("size='custom' needs both width and height (1024..4096)")
-        if not custom and self.aspect_ratio == "match_input_image" and not self.image_input:
-            raise ValueError(
-                "aspect_ratio='match_input_image' needs image_input; "
-                "choose a ratio such as '1:1' for text-to-image"
-            )
         if self.sequential_image_generation == "disabled" and self.max_images > 1:
             raise ValueError(
                 "max_images > 1 needs sequential_image_generation='auto'"
@@ -158,14 +161,21 @@ def output_dimensions(
     """Width and height Seedream produces for `request`.
 
     `first_input_size` is the first input image's size; it is needed only for
-    `aspect_ratio='match_input_image'`, where the output keeps that ratio at the requested size.
+    `aspect_ratio='match_input_image'` with `image_input`, where the output keeps that ratio at
+    the requested size. With no input image to match, the output is the size's 1:1 resolution.
+
+    Raises:
+        ValueError: `match_input_image` with `image_input` but no `first_input_size`.
     """
     if request.size == "custom":
         assert request.width is not None and request.height is not None
         return request.width, request.height
     scale = _SCALE[request.size]
-    if request.aspect_ratio != "match_input_image":
-        w, h = _RESOLUTIONS_2K[request.aspect_ratio]
+    ratio_name = request.aspect_ratio
+    if ratio_name == "match_input_image" and not request.image_input:
+        ratio_name = "1:1"
+    if ratio_name != "match_input_image":
+        w, h = _RESOLUTIONS_2K[ratio_name]
         return round(w * scale), round(h * scale)
     if first_input_size is None:
         raise ValueError("match_input_image needs the first input image's size")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasks.seedream_input import MODEL_SLUG
+from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
 
 class SeedreamSettings(BaseSettings):
@@ -16,7 +16,7 @@ class SeedreamSettings(BaseSettings):
 
     Example:
         ```python
-        from tasks.seedream_settings import SeedreamSettings
+        from prefect_seedream.tasks.seedream_settings import SeedreamSettings
 
         settings = SeedreamSettings()  # reads SEEDREAM_BUCKET, SEEDREAM_TIMEOUT_SECONDS, ...
         ```

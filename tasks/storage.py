@@ -2,9 +2,10 @@
 
 Guarantees, per output:
 
-- streamed, never held whole in memory (see `tasks.s3_upload`);
+- streamed, never held whole in memory (see `prefect_seedream.tasks.s3_storage.upload`);
 - SHA-256 taken on the way, checked against S3's own full-object SHA-256 and kept in metadata;
-- Content-Type from the bytes, not the URL; header and end marker checked (`tasks.image_checks`);
+- Content-Type from the bytes, not the URL; header and end marker checked
+(`prefect_seedream.tasks.s3_storage.checks`);
 - written to its final key only when complete and valid: an output smaller than one part is
   checked in memory and sent with one PUT, a larger one is uploaded to a temporary key and
   copied to its final key;
@@ -29,18 +30,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict
 
-from blocks.s3_destination import S3Destination, join_key_parts
-from tasks.errors import OutputExpired, OutputInvalid, SeedreamError, StorageFailed
-from tasks.image_checks import ImageCheckError, ImageIncomplete, ImageProbe, extension_for
-from tasks.output_keys import (
+from prefect_seedream.blocks.s3_destination import S3Destination, join_key_parts
+from prefect_seedream.tasks.errors import OutputExpired, OutputInvalid, SeedreamError, StorageFailed
+from prefect_seedream.tasks.replicate_client.prediction import Prediction, PredictionStatus
+from prefect_seedream.tasks.s3_storage.checks import (
+    ImageCheckError,
+    ImageIncomplete,
+    ImageProbe,
+    extension_for,
+)
+from prefect_seedream.tasks.s3_storage.keys import (
     METADATA_LIMIT,
     build_metadata,
     encode_prompt,
     guess_extension,
     output_key,
 )
-from tasks.prediction_model import Prediction, PredictionStatus
-from tasks.s3_upload import (
+from prefect_seedream.tasks.s3_storage.upload import (
     HashingReader,
     Permanent,
     SourceGone,
@@ -170,9 +176,9 @@ def store_output(
 
     Example:
         ```python
-        from blocks.s3_destination import S3Destination
-        from tasks.prediction_model import Prediction
-        from tasks.storage import store_output
+        from prefect_seedream.blocks.s3_destination import S3Destination
+        from prefect_seedream.tasks.replicate_client.prediction import Prediction
+        from prefect_seedream.tasks.storage import store_output
 
         prediction = Prediction.from_api({"id": "p1", "status": "succeeded",
                                           "output": ["https://replicate.delivery/x/0.jpg"]})
@@ -294,8 +300,8 @@ def store_outputs(
     Example:
         ```python
         from prefect import flow
-        from blocks import S3Destination
-        from tasks.storage import store_outputs
+        from prefect_seedream.blocks import S3Destination
+        from prefect_seedream.tasks.storage import store_outputs
 
         @flow
         def keep(prediction):

@@ -15,9 +15,9 @@ from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.s3_destination import S3Destination
-from tasks.prediction_model import Prediction
-from tasks.storage import DEFAULT_RETRY_DELAYS, StoredImage, store_outputs
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.storage import DEFAULT_RETRY_DELAYS, StoredImage, store_outputs
 
 
 @task(

@@ -10,7 +10,7 @@ Pure code apart from the clock and the replay guard, both injectable. Every reje
 
 Example:
     ```python
-    from tasks.webhooks import WebhookRejected, WebhookVerifier
+    from prefect_seedream.tasks.webhooks import WebhookRejected, WebhookVerifier
 
     verifier = WebhookVerifier("whsec_...")          # tolerance 300 s, in-memory replay guard
     try:
@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tasks.errors import SeedreamError
+from prefect_seedream.tasks.errors import SeedreamError
 
 #: Standard Webhooks' (and most receivers') window: five minutes either way.
 DEFAULT_TOLERANCE_SECONDS = 300.0
@@ -291,7 +291,7 @@ def verify_webhook(
 
     Example:
         ```python
-        from tasks.webhooks import verify_webhook
+        from prefect_seedream.tasks.webhooks import verify_webhook
 
         delivery = verify_webhook(request.headers, request.body, secret="whsec_...")
         ```

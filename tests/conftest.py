@@ -1,7 +1,7 @@
 """Shared fixtures: one moto S3 server over HTTP and one Prefect test harness per session.
 
-The Replicate sandbox fixture (`seedream_sandbox`) comes from the `sandbox.pytest_plugin`
-entry point of this distribution.
+The Replicate sandbox fixture (`seedream_sandbox`) comes from the
+`prefect_seedream.sandbox.pytest_plugin` entry point of this distribution.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's standalone S3 server on a free loopback port."""
-    from moto.server import ThreadedMotoServer
-
     import logging
+
+    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -60,6 +60,18 @@ def bucket(s3_client: Any) -> str:
     name = f"seedream-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def credentials(seedream_sandbox: Any) -> Any:
+    """`ReplicateCredentials` for the session's sandbox (a test module may define its own)."""
+    from pydantic import SecretStr
+
+    from prefect_seedream.blocks import ReplicateCredentials
+
+    return ReplicateCredentials(
+        api_token=SecretStr(seedream_sandbox.api_token), base_url=seedream_sandbox.base_url
+    )
 
 
 @pytest.fixture(scope="session")

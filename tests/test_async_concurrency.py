@@ -11,8 +11,8 @@ import pytest
 from prefect import flow
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials, S3Destination
-from flows import agenerate_images
+from prefect_seedream import agenerate_images
+from prefect_seedream.blocks import ReplicateCredentials, S3Destination
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

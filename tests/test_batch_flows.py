@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials, S3Destination
-from flows import generate_batch
-from flows.batch_manifest import ManifestInvalid
-from flows.batch_report import BatchItemsFailed, BatchResult, add_listener
+from prefect_seedream import generate_batch
+from prefect_seedream.blocks import ReplicateCredentials, S3Destination
+from prefect_seedream.flows.batch.manifest import ManifestInvalid, ManifestUnreadable
+from prefect_seedream.flows.batch.progress import add_listener
+from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -110,6 +111,38 @@ def test_a_missing_edit_source_is_refused_before_any_request(
                 {"instruction": "warmer", "images": [f"s3://{destination.bucket}/nope.jpg"]}]
     with pytest.raises(ManifestInvalid, match="line 2: cannot read source"):
         generate_batch(manifest, credentials=credentials, destination=destination)
+    assert seedream_sandbox.counters()["creates"] == 0
+
+
+def test_the_nightly_default_manifest_is_read_from_the_destination_bucket_under_its_prefix(
+    credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any,
+) -> None:
+    from prefect_seedream.deployments import nightly
+
+    manifest = nightly.build().parameters["manifest"]
+    assert manifest == nightly.DEFAULT_MANIFEST == "manifests/nightly.jsonl"
+    s3_client.put_object(Bucket=destination.bucket, Key="cat/manifests/nightly.jsonl",
+                         Body="".join(json.dumps(row) + "\n" for row in prompts(2)).encode())
+    result = run(manifest, credentials, destination)
+    assert [(i.id, i.status) for i in result.items] == [("p0", "succeeded"), ("p1", "succeeded")]
+    assert all(i.key.startswith("cat/batch/") for i in result.images)
+    assert seedream_sandbox.counters()["creates"] == 2
+
+
+@pytest.mark.parametrize("given", ["manifests/missing.jsonl",
+                                   "s3://{bucket}/cat/manifests/missing.jsonl"])
+def test_a_manifest_missing_from_s3_is_reported_as_unreadable_not_as_bad_rows(
+    given: str, credentials: ReplicateCredentials, destination: S3Destination,
+    seedream_sandbox: Any,
+) -> None:
+    with pytest.raises(ManifestUnreadable) as info:
+        generate_batch(given.format(bucket=destination.bucket), credentials=credentials,
+                       destination=destination)
+    message = str(info.value)
+    assert message.startswith(f"cannot read the manifest s3://{destination.bucket}/cat/manifests/"
+                              "missing.jsonl: NoSuchKey")
+    assert "invalid manifest row" not in message
     assert seedream_sandbox.counters()["creates"] == 0
 
 
@@ -385,7 +418,7 @@ def test_a_global_concurrency_limit_bounds_predictions_in_flight(
 def test_a_missing_concurrency_limit_is_refused_before_any_request(
     credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
 ) -> None:
-    from tasks import InvalidInput
+    from prefect_seedream import InvalidInput
 
     with pytest.raises(InvalidInput, match="no-such-limit"):
         generate_batch(prompts(2), credentials=credentials, destination=destination,
@@ -401,8 +434,8 @@ def test_rerun_after_a_killed_run_reattaches_instead_of_paying_again(
 
     import replicate
 
-    from flows.batch_manifest import check_rows
-    from tasks.seedream_input import MODEL_SLUG
+    from prefect_seedream.flows.batch.manifest import check_rows
+    from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
     rows = prompts(2)
     first = run(rows[:1], credentials, destination)  # learn the item key the batch uses

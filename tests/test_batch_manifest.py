@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from flows.batch_flows import plan_budget
-from flows.batch_manifest import ManifestInvalid, check_rows, item_key, parse_text
-from flows.batch_shards import split
+from prefect_seedream.flows.batch.budget import plan_budget
+from prefect_seedream.flows.batch.keys import item_key
+from prefect_seedream.flows.batch.manifest import (
+    ManifestInvalid,
+    ManifestUnreadable,
+    check_rows,
+    load_manifest,
+    parse_text,
+)
+from prefect_seedream.flows.batch.shards import split
 
 
 def test_csv_cells_become_typed_options_and_image_lists() -> None:
@@ -66,3 +76,26 @@ def test_budget_plan_is_a_prefix_of_the_manifest() -> None:
 def test_split_keeps_order_and_balances() -> None:
     assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert [n for part in split(list(range(1000)), 7) for n in part] == list(range(1000))
+
+
+def test_a_manifest_that_cannot_be_read_says_so_and_not_that_rows_are_invalid(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(ManifestUnreadable) as info:
+        load_manifest(str(missing))
+    assert str(info.value).startswith(f"cannot read the manifest {missing}: no such file.")
+    assert "invalid manifest row" not in str(info.value)
+    assert info.value.problems == [f"cannot read the manifest {missing}: no such file"]
+
+    binary = tmp_path / "photo.jsonl"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a manifest")
+    with pytest.raises(ManifestUnreadable, match=r"^cannot read the manifest .*photo\.jsonl: "
+                                                 r"not UTF-8 text"):
+        load_manifest(str(binary))
+    with pytest.raises(ManifestUnreadable, match=re.escape(
+            "cannot read the manifest https://x.test/m.jsonl: only a local file, an s3:// URI")):
+        load_manifest("https://x.test/m.jsonl")
+    with pytest.raises(ManifestUnreadable, match=re.escape(
+            f"cannot read the manifest {tmp_path}: a directory")):
+        load_manifest(str(tmp_path))

@@ -8,16 +8,16 @@ import json
 import pytest
 from prefect.states import Completed, Failed
 
-from flows.events import (
+from prefect_seedream.flows.events import (
     _failure_details,
     generation_request,
     images_failed_event,
     images_stored_event,
     redact,
 )
-from tasks.errors import PredictionFailed
-from tasks.prediction_model import Prediction
-from tasks.storage import StoredImage
+from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.storage import StoredImage
 
 PREDICTION = Prediction.from_api({
     "id": "p1abc", "status": "succeeded", "model": "bytedance/seedream-4",

@@ -13,9 +13,16 @@ from PIL import Image
 from prefect import flow
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials, S3Destination
-from flows import aedit_image, agenerate_images, edit_image, generate_images
-from tasks import AuthenticationFailed, InvalidInput, StorageFailed
+from prefect_seedream import (
+    AuthenticationFailed,
+    InvalidInput,
+    StorageFailed,
+    aedit_image,
+    agenerate_images,
+    edit_image,
+    generate_images,
+)
+from prefect_seedream.blocks import ReplicateCredentials, S3Destination
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -47,13 +54,6 @@ class Flows:
 @pytest.fixture(params=["sync", "async"])
 def run(request: pytest.FixtureRequest) -> Flows:
     return Flows(request.param)
-
-
-@pytest.fixture
-def credentials(seedream_sandbox: Any) -> ReplicateCredentials:
-    return ReplicateCredentials(
-        api_token=SecretStr(seedream_sandbox.api_token), base_url=seedream_sandbox.base_url
-    )
 
 
 @pytest.fixture
@@ -168,6 +168,16 @@ def test_edit_of_a_missing_s3_source_is_refused_before_any_request(
     with pytest.raises(InvalidInput, match="images\\[0\\]"):
         edit_image("x", [f"s3://{destination.bucket}/nope.jpg"],
                    credentials=credentials, destination=destination)
+    assert seedream_sandbox.counters()["creates"] == 0
+
+
+def test_edit_with_no_image_is_refused_before_any_request(
+    credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
+) -> None:
+    """Seedream accepts a prompt alone (it then makes a square image), so an edit with an empty
+    `images` would silently become a paid generation; it is refused instead."""
+    with pytest.raises(InvalidInput, match="at least one image"):
+        edit_image("make it dusk", [], credentials=credentials, destination=destination)
     assert seedream_sandbox.counters()["creates"] == 0
 
 

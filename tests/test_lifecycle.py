@@ -10,21 +10,22 @@ import pytest
 from prefect import flow
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials
-from tasks import SeedreamInput
-from tasks.errors import (
+from prefect_seedream import (
     OutputExpired,
     PredictionAborted,
     PredictionFailed,
     PredictionTimedOut,
-    retry_condition,
-)
-from tasks.predictions import await_prediction, cancel_prediction, create_prediction, get_prediction
-from tasks.predictions_async import (
+    ReplicateCredentials,
+    SeedreamInput,
     aawait_prediction,
     acancel_prediction,
     acreate_prediction,
     aget_prediction,
+    await_prediction,
+    cancel_prediction,
+    create_prediction,
+    get_prediction,
+    retry_condition,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -251,8 +252,8 @@ def test_expired_outputs_are_a_specific_error(
     credentials: ReplicateCredentials, seedream_sandbox: Any, s3_endpoint: str, bucket: str,
     record_outcome: Any,
 ) -> None:
-    from blocks import S3Destination
-    from tasks.storage import store_outputs
+    from prefect_seedream.blocks import S3Destination
+    from prefect_seedream.tasks.storage import store_outputs
 
     finished = await_prediction(create_prediction(REQUEST, credentials=credentials),
                                 credentials=credentials)
@@ -310,9 +311,9 @@ def test_rerun_after_dying_inside_a_sync_create_reattaches(
 ) -> None:
     import replicate
 
-    from tasks import prediction_ledger as ledger
-    from tasks.replicate_protocol import utcnow
-    from tasks.seedream_input import MODEL_SLUG
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
+    from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
     @flow
     def rerun_of_a_crashed_run() -> str:
@@ -354,7 +355,7 @@ def test_interrupted_sync_create_cancels_what_it_made(
 def test_the_ledger_lists_every_open_prediction_of_a_big_run() -> None:
     import uuid
 
-    from tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks import prediction_ledger as ledger
 
     flow_run_id = str(uuid.uuid4())
     for i in range(205):  # more than one page of the API's variable listing

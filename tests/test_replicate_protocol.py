@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from tasks import replicate_protocol as protocol
-from tasks.errors import (
+from prefect_seedream.tasks.errors import (
     AuthenticationFailed,
     CreateOutcomeUnknown,
     InvalidInput,
     PredictionTimedOut,
     RateLimited,
 )
-from tasks.replicate_requests import (
+from prefect_seedream.tasks.replicate_client import protocol
+from prefect_seedream.tasks.replicate_client.request_builders import (
     ApiRequest,
     ApiResponse,
     format_duration,

@@ -10,7 +10,7 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from blocks.s3_destination import S3Destination, parse_s3_uri
+from prefect_seedream.blocks.s3_destination import S3Destination, parse_s3_uri
 
 
 class TestS3DestinationStandards(BlockStandardTestSuite):

@@ -1,11 +1,12 @@
 """The admin endpoint under /_sandbox, the command line and the Python handle."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -13,10 +14,11 @@ import time
 import httpx
 import pytest
 import replicate
+from replicate.exceptions import ReplicateError
 
-from sandbox import Sandbox, SandboxConfig
-from sandbox.command_line import main
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox import Sandbox, SandboxConfig, admin_routes
+from prefect_seedream.sandbox.command_line import main
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,
@@ -90,12 +92,159 @@ def test_admin_expire_and_reset(seedream_sandbox, seedream_client, admin):
     admin.post("/faults", json={"expire_outputs": {"prediction_id": prediction.id}})
     removed = seedream_sandbox.prediction(prediction.id)
     assert admin.post("/faults", json={"expire_outputs": {"prediction_id": "nope"}}).status_code \
-        == 404
+        == 400
     admin.post("/reset")
 
     assert removed["data_removed"] is True
     assert seedream_sandbox.predictions() == []
     assert seedream_sandbox.counters()["creates"] == 0
+
+
+def _busy(sandbox: Sandbox) -> None:
+    """Every fault switched on through the Python handle."""
+    faults = sandbox.faults
+    faults.rate_limit_creates(2, retry_after=3)
+    faults.fail_next("get", 2, status=503)
+    faults.fail_next("create", 1, status=500)
+    faults.error_share(0.25, status=503, routes=["get"])
+    faults.drop_create_responses(1)
+    faults.interrupt_predictions(1)
+    faults.interrupt_predictions(1, error="The output was flagged as sensitive. (E005)")
+    faults.slow_downloads(1000)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["no faults", "every fault"])
+def test_posting_back_what_get_shows_changes_nothing(seedream_sandbox, admin, busy):
+    if busy:
+        _busy(seedream_sandbox)
+    faults, config = admin.get("/faults").json(), admin.get("/config").json()
+
+    posted = admin.post("/faults", json=faults)
+    configured = admin.post("/config", json=config)
+
+    assert posted.status_code == 200, posted.text
+    assert posted.json() == faults == admin.get("/faults").json()
+    assert configured.status_code == 200, configured.text
+    assert configured.json() == config == admin.get("/config").json()
+
+
+def test_round_trip_keeps_queued_faults_queued_once(seedream_sandbox, seedream_client, admin):
+    admin.post("/faults", json={"rate_limit_creates": {"n": 2}})
+
+    admin.post("/faults", json=admin.get("/faults").json())
+
+    for _ in range(2):
+        with pytest.raises(ReplicateError) as throttled:
+            seedream_client.models.predictions.create(model=MODEL, input=TEXT)
+        assert throttled.value.status == 429
+    assert seedream_client.models.predictions.create(model=MODEL, input=TEXT).status \
+        in ("starting", "processing")
+
+
+def test_partly_invalid_body_changes_nothing_and_names_each_field(
+    seedream_sandbox, seedream_client, admin
+):
+    prediction = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
+    before = admin.get("/faults").json()
+
+    answer = admin.post("/faults", json={
+        "rate_limit_creates": {"n": 5},  # valid
+        "expire_outputs": {"prediction_id": prediction.id},  # valid
+        "drop_create_responses": "lots",
+        "fail_next": {"route": "upload", "n": 1},
+        "slow_downloads": -5,
+    })
+
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    detail = answer.json()["detail"]
+    assert detail.startswith("Nothing was changed")
+    for field in ("drop_create_responses:", "fail_next.route:", "slow_downloads:"):
+        assert field in detail
+    assert "rate_limit_creates" not in detail
+    assert admin.get("/faults").json() == before
+    assert seedream_sandbox.prediction(prediction.id)["data_removed"] is False
+    assert seedream_client.models.predictions.create(model=MODEL, input=TEXT).id  # no 429
+
+
+def test_partly_invalid_config_changes_nothing(seedream_sandbox, admin):
+    before = admin.get("/config").json()
+
+    bad_range = admin.post("/config", json={"queue_seconds": 5, "run_seconds": -1})
+    bad_type = admin.post("/config", json={"queue_seconds": 5, "rate_limits": "no"})
+
+    assert (bad_range.status_code, bad_type.status_code) == (400, 400)
+    assert "run_seconds" in bad_range.json()["detail"]
+    assert "rate_limits must be true or false" in bad_type.json()["detail"]
+    assert admin.get("/config").json() == before
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"explode": {}}, "explode: unknown fault"),
+    ({"fail_next": {"route": "get"}}, "fail_next.n: required"),
+    ({"fail_next": {"route": "get", "n": 1, "status": 200}}, "fail_next.status"),
+    ({"fail_next": {"get": [[503]]}}, "fail_next.get[0]"),
+    ({"fail_next": {"upload": [[503, 1]]}}, "unknown route 'upload'"),
+    ({"error_share": {"share": 1.5}}, "error_share.share: must be a number within 0..1"),
+    ({"error_share": {"share": 0.1, "routes": "get"}}, "error_share.routes"),
+    ({"interrupt_predictions": 2}, "interrupt_predictions: must be a list"),
+    ({"interrupt_predictions": {"n": 1, "eror": "x"}}, "unknown argument 'eror'"),
+    ({"rate_limit_creates": {"n": True}}, "rate_limit_creates.n: must be a whole number"),
+    ({"clear": 1}, "clear: must be an object"),
+])
+def test_refusals_name_the_field(admin, body, field):
+    answer = admin.post("/faults", json=body)
+
+    assert answer.status_code == 400
+    assert field in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"{not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
+])
+def test_body_that_is_not_an_object_is_400(admin, content, message):
+    answer = admin.post("/faults", content=content)
+
+    assert answer.status_code == 400
+    assert message in answer.json()["detail"]
+
+
+def _documented_examples() -> list[dict]:
+    text = " ".join((admin_routes.__doc__ or "").split())
+    return [json.loads(span) for span in re.findall(r'`(\{".*?\})`', text)]
+
+
+def test_documented_examples_do_what_they_say(seedream_sandbox, seedream_client, admin):
+    throttle, drop, share, clear = _documented_examples()
+    fresh = admin.get("/faults").json()
+
+    state = admin.post("/faults", json=throttle).json()
+    assert state["rate_limit_creates"] == {"n": 2, "retry_after": 3}
+    assert state["fail_next"] == {"get": [[503, 1]]}
+    for _ in range(2):
+        with pytest.raises(ReplicateError) as throttled:
+            seedream_client.models.predictions.create(model=MODEL, input=TEXT)
+        assert throttled.value.status == 429
+    created = seedream_client.models.predictions.create(model=MODEL, input=TEXT)
+    created.reload()  # the client retries the injected 503
+    assert seedream_sandbox.counters()["faults_injected"] == 3
+
+    state = admin.post("/faults", json=drop).json()
+    assert state["drop_create_responses"] == 1
+    with pytest.raises(httpx.HTTPError):
+        seedream_client.models.predictions.create(model=MODEL, input=TEXT)
+    lost = seedream_sandbox.predictions()[0]  # created although its answer was lost
+    assert lost["id"] != created.id
+    flagged = seedream_client.predictions.get(lost["id"])
+    flagged.wait()
+    assert (flagged.status, flagged.error) == \
+        ("failed", "The output was flagged as sensitive. (E005)")
+
+    state = admin.post("/faults", json=share).json()
+    assert state["error_share"] == {"share": 0.2, "status": 500, "routes": ["get", "list"]}
+    assert state["slow_downloads"] == 50000
+
+    assert admin.post("/faults", json=clear).json() == fresh
 
 
 def test_python_handle_starts_on_a_free_port_and_stops():

@@ -1,7 +1,7 @@
 """`Cancel-After` deadlines: `aborted` before the start, `canceled` while running."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime
 
 import replicate
 
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,

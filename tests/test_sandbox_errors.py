@@ -1,7 +1,7 @@
 """Every 4xx the sandbox answers, in Replicate's problem+json shape."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import replicate
 from replicate.exceptions import ReplicateError
 
-from sandbox.config import parse_go_duration, parse_prefer_wait
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.config import parse_go_duration, parse_prefer_wait
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,
@@ -91,7 +91,6 @@ def test_unknown_prediction_is_404(seedream_client):
     ({"prompt": "x", "aspect_ratio": "1:1", "max_images": 3}, "sequential_image_generation"),
     ({"prompt": "x", "aspect_ratio": "1:1", "max_images": 16,
       "sequential_image_generation": "auto"}, "max_images"),
-    ({"prompt": "x"}, "match_input_image"),
     ({"prompt": "x", "image_input": ["s3://bucket/key.png"]}, "image_input[0]"),
     ({"prompt": "x", "image_input": ["data:,x"] * 11}, "image_input"),
     ({"prompt": "x", "aspect_ratio": "1:1", "seed": 3}, "seed"),

@@ -1,7 +1,7 @@
 """Faults on demand, as a client of the sandbox experiences them."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import httpx
 import pytest
 from replicate.exceptions import ReplicateError
 
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,
@@ -195,3 +195,20 @@ def test_clear_turns_every_fault_off(seedream_sandbox, seedream_client):
 def test_bad_fault_settings_are_refused(seedream_sandbox, call, message):
     with pytest.raises(ValueError, match=message):
         call(seedream_sandbox.faults)
+
+
+def test_update_calls_queue_after_earlier_faults_and_shown_states_replace_them(seedream_sandbox):
+    faults = seedream_sandbox.faults
+    faults.fail_next("get", 1)
+    faults.interrupt_predictions(1)
+
+    faults.update({"fail_next": {"route": "get", "n": 2, "status": 500},
+                   "interrupt_predictions": {"n": 1, "error": "E005"}})
+    queued = faults.state()
+    faults.update({"fail_next": {"create": [[502, 1]]}, "interrupt_predictions": []})
+
+    assert queued["fail_next"] == {"get": [[503, 1], [500, 2]]}
+    assert queued["interrupt_predictions"] == ["Prediction interrupted; please retry (code: PA)",
+                                               "E005"]
+    assert faults.state()["fail_next"] == {"create": [[502, 1]]}
+    assert faults.state()["interrupt_predictions"] == []

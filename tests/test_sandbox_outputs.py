@@ -1,22 +1,26 @@
 """Output files: real JPEGs at Seedream's sizes, edits derived from their inputs, retention."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,
@@ -77,6 +81,7 @@ def image_server():
     ({"aspect_ratio": "21:9", "size": "1K"}, (1512, 648)),
     ({"size": "custom", "width": 1500, "height": 1100}, (1500, 1100)),
     ({"aspect_ratio": "1:1", "size": "4K"}, (4096, 4096)),
+    ({"size": "1K"}, (1024, 1024)),  # match_input_image with nothing to match: 1:1
 ])
 def test_outputs_are_jpegs_of_seedream_size(seedream_client, request_input, size):
     prediction = seedream_client.models.predictions.create(
@@ -85,6 +90,31 @@ def test_outputs_are_jpegs_of_seedream_size(seedream_client, request_input, size
 
     image = _download(prediction.output[0])
     assert (image.format, image.size) == ("JPEG", size)
+
+
+PROMPT_ONLY = """
+import replicate
+
+output = replicate.run("bytedance/seedream-4", input={"prompt": "a cozy reading nook, watercolor"})
+with open("output_0.jpg", "wb") as file:
+    file.write(output[0].read())
+"""
+
+
+def test_prompt_alone_runs_as_on_replicates_form_and_is_square_2k(seedream_sandbox, tmp_path):
+    seedream_sandbox.configure(sync_data_uri_outputs=True)  # as `seedream sandbox` serves
+    env = {**os.environ, "REPLICATE_BASE_URL": seedream_sandbox.base_url,
+           "REPLICATE_API_TOKEN": seedream_sandbox.api_token}
+
+    result = subprocess.run([sys.executable, "-c", PROMPT_ONLY], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(Path(tmp_path, "output_0.jpg")) as image:
+        assert (image.format, image.size) == ("JPEG", (2048, 2048))  # 2K's 1:1 resolution
+    (prediction,) = seedream_sandbox.predictions()
+    assert prediction["input"] == {"prompt": "a cozy reading nook, watercolor"}
+    assert "Generating 2048x2048 image" in prediction["logs"]
 
 
 def test_jpeg_size_is_realistic_at_2k(seedream_client):

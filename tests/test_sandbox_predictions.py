@@ -1,7 +1,7 @@
 """The sandbox's prediction lifecycle, driven by the real replicate client over HTTP."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import replicate
 from PIL import Image
 
-from sandbox.model_info import VERSION_ID
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.model_info import VERSION_ID
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.config import image_count
-from sandbox.prediction_state import PredictionRecord
-from tasks.seedream_input import SeedreamInput
+from prefect_seedream.sandbox.config import image_count
+from prefect_seedream.sandbox.prediction_state import PredictionRecord
+from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 T0 = 1_700_000_000.0
 

@@ -1,7 +1,7 @@
 """Webhooks: signed like Replicate's, filtered by event, retried, delivered in the background."""
 
 # The fixtures are imported (F401) and then requested by name (F811) until the
-# `pytest11` entry point registers sandbox.pytest_plugin for the whole suite.
+# `pytest11` entry point registers prefect_seedream.sandbox.pytest_plugin for the whole suite.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from replicate.webhook import Webhooks, WebhookSigningSecret
 
-from sandbox.pytest_plugin import (  # noqa: F401
+from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
     close_client,
     seedream_client,
     seedream_sandbox,
     seedream_sandbox_server,
 )
-from sandbox.webhooks import sign
+from prefect_seedream.sandbox.webhooks import sign
 
 MODEL = "bytedance/seedream-4"
 TEXT = {"prompt": "a red fox in snow", "aspect_ratio": "1:1", "size": "1K"}

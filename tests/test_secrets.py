@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials, S3Destination
-from flows import edit_image, generate_images
-from tasks import SeedreamError
+from prefect_seedream import SeedreamError, edit_image, generate_images
+from prefect_seedream.blocks import ReplicateCredentials, S3Destination
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
 
 BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "  "}, "prompt"),
@@ -18,7 +18,6 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "x", "size": "custom", "width": 2048, "height": 5000}, "height"),
     ({"prompt": "x", "size": "custom", "width": 2048}, "width and height"),
     ({"prompt": "x", "size": "2K", "aspect_ratio": "1:1", "width": 2048}, "size='custom'"),
-    ({"prompt": "x"}, "match_input_image"),
     ({"prompt": "x", "aspect_ratio": "1:1", "max_images": 16,
       "sequential_image_generation": "auto"}, "max_images"),
     ({"prompt": "x", "aspect_ratio": "1:1", "max_images": 3}, "sequential_image_generation"),
@@ -69,3 +68,19 @@ def test_match_input_image_keeps_the_first_inputs_ratio() -> None:
     width, height = output_dimensions(request, (3000, 2000))
     assert abs(width / height - 1.5) < 0.02
     assert abs(width * height - 2048 * 2048) / (2048 * 2048) < 0.02
+
+
+@pytest.mark.parametrize(("size", "side"), [("1K", 1024), ("2K", 2048), ("4K", 4096)])
+def test_prompt_alone_is_accepted_and_is_square_at_its_size(size: str, side: int) -> None:
+    request = SeedreamInput.model_validate({"prompt": "a red fox in snow", "size": size})
+
+    assert request.aspect_ratio == "match_input_image"  # Replicate's own default
+    assert output_dimensions(request) == (side, side)
+    assert request.to_request()["aspect_ratio"] == "match_input_image"
+
+
+def test_match_input_image_with_inputs_still_needs_the_first_inputs_size() -> None:
+    request = SeedreamInput(prompt="x", image_input=["https://a/1.jpg"])
+
+    with pytest.raises(ValueError, match="first input image's size"):
+        output_dimensions(request)  # never guesses 1:1 for an edit whose source it cannot read

@@ -18,10 +18,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from PIL import Image
 
-from blocks.s3_destination import S3Destination
-from tasks.errors import OutputExpired, OutputInvalid, StorageFailed
-from tasks.prediction_model import Prediction
-from tasks.storage import StoredImage, store_output, store_outputs
+from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.tasks.errors import OutputExpired, OutputInvalid, StorageFailed
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.storage import StoredImage, store_output, store_outputs
 
 FAST = (0.01, 0.01)  # retry pauses for tests: 3 attempts, no waiting worth measuring
 
@@ -394,7 +394,7 @@ def test_succeeded_without_output_is_a_clear_error(destination):
 def test_source_5xx_is_retried_and_the_signature_never_logged(files, destination, caplog):
     files.add("/a.jpg", body=make_image(), fail_first=2)
     url = files.url("/a.jpg", "?X-Amz-Signature=topsecret&X-Amz-Credential=AKIA")
-    caplog.set_level("INFO", logger="tasks.storage")
+    caplog.set_level("INFO", logger="prefect_seedream.tasks.storage")
     stored = store_output(url, prediction(url), 0, destination, retry_delays=FAST)
     assert stored.size_bytes > 0
     assert files.hits["/a.jpg"] == 3
@@ -413,7 +413,7 @@ def test_s3_503s_are_retried_without_regenerating(files, flaky_s3, destination, 
     assert keys(s3_client, destination.bucket) == [stored.key]
     record_outcome("S3 answers 503 SlowDown for a while (7 calls)",
                    "retried the upload from the same download; no new prediction",
-                   created=0, left_running=0, 
+                   created=0, left_running=0,
                    outputs_lost=1 - len(keys(s3_client, destination.bucket)))
 
 

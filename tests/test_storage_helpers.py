@@ -8,16 +8,21 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from tasks.image_checks import (
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.s3_storage.checks import (
     ImageCheckError,
     ImageIncomplete,
     ImageProbe,
     extension_for,
     sniff_content_type,
 )
-from tasks.output_keys import METADATA_LIMIT, build_metadata, encode_prompt, output_key
-from tasks.prediction_model import Prediction
-from tasks.s3_upload import redact_url
+from prefect_seedream.tasks.s3_storage.keys import (
+    METADATA_LIMIT,
+    build_metadata,
+    encode_prompt,
+    output_key,
+)
+from prefect_seedream.tasks.s3_storage.upload import redact_url
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (120, 80)) -> bytes:

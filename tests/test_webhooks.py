@@ -1,6 +1,6 @@
-"""Webhook verification (`tasks.webhooks`) against the sandbox's real signed deliveries, and the
-receiver (`deployments.webhook_receiver`) over real HTTP; tampered, unsigned, stale and replayed
-deliveries are refused."""
+"""Webhook verification (`prefect_seedream.tasks.webhooks`) against the sandbox's real signed
+deliveries, and the receiver (`prefect_seedream.deployments.webhook_receiver`) over real HTTP;
+tampered, unsigned, stale and replayed deliveries are refused."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.webhook_receiver import WebhookReceiver, completed_event, make_server
-from tasks.webhooks import (
+from prefect_seedream.deployments.webhook_receiver import (
+    WebhookReceiver,
+    completed_event,
+    make_server,
+)
+from prefect_seedream.tasks.webhooks import (
     MemoryReplayGuard,
     WebhookMalformed,
     WebhookRejected,

@@ -12,7 +12,8 @@ Session fixtures
                      and a 0.5 s event-persister flush, so events are readable almost at once.
     e2e_sandbox      A `Sandbox` of its own (never reset: background runs may still use it).
     e2e_bucket       A bucket on the session's moto server (`s3_endpoint`).
-    seedream_stack   `Stack`: the server after `python -m deployments.bootstrap` (pool, blocks,
+    seedream_stack   `Stack`: the server after
+                     `python -m prefect_seedream.deployments.bootstrap` (pool, blocks,
                      webhook secret) and `prefect --no-prompt deploy --all`, with a process worker
                      (`.worker`) and the webhook receiver (`.receiver_url`) running.
 
@@ -63,7 +64,7 @@ from e2e_support import (
     wait_for,
 )
 
-from sandbox import Sandbox, SandboxConfig
+from prefect_seedream.sandbox import Sandbox, SandboxConfig
 
 E2E_TOKEN = "r8_sandbox_e2e_token"
 
@@ -135,13 +136,13 @@ def seedream_stack(prefect_server: PrefectServer, e2e_sandbox: Sandbox, e2e_buck
     env = prefect_server.env(REPLICATE_API_TOKEN=e2e_sandbox.api_token,
                              REPLICATE_WEBHOOK_SECRET=e2e_sandbox.webhook_secret)
     # A different budget than prefect.yaml's, so the test sees the deploy step set it.
-    run_command([PYTHON, "-m", "deployments.bootstrap", "--bucket", e2e_bucket,
+    run_command([PYTHON, "-m", "prefect_seedream.deployments.bootstrap", "--bucket", e2e_bucket,
                  "--endpoint-url", s3_endpoint, "--region", "us-east-1",
                  "--base-url", e2e_sandbox.base_url, "--creates-per-minute", "1200"], env)
     logs_dir = prefect_server.logs_dir
     port = free_port()
     receiver = start_process("webhook-receiver", [
-        PYTHON, "-m", "deployments.webhook_receiver", "--port", str(port),
+        PYTHON, "-m", "prefect_seedream.deployments.webhook_receiver", "--port", str(port),
         "--secret-block", "replicate-webhook-secret"], prefect_server.env(), logs_dir)
     worker = start_worker(prefect_server, WORK_POOL, logs_dir)
     try:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from sandbox import Sandbox
+from prefect_seedream.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

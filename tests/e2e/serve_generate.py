@@ -5,7 +5,7 @@ Usage: `python serve_generate.py NAME` serves the deployment `generate-images/NA
 
 import sys
 
-from flows.image_flows import generate_images
+from prefect_seedream.flows.image_flows import generate_images
 
 if __name__ == "__main__":
     generate_images.serve(name=sys.argv[1], limit=4)

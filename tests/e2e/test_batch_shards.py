@@ -13,7 +13,7 @@ import pytest
 from e2e_support import PrefectServer, start_worker, wait_for
 from pydantic import SecretStr
 
-from sandbox import Sandbox
+from prefect_seedream.sandbox import Sandbox
 
 pytestmark = pytest.mark.server
 
@@ -24,12 +24,13 @@ POOL = "batch-shards-e2e"
 def _deploy(client: Any) -> str:
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from flows.batch_flows import generate_batch
+    from prefect_seedream.flows.batch.flow import generate_batch
 
     with contextlib.suppress(Exception):  # already there from an earlier run in the session
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
-    source = generate_batch.from_source(source=str(ROOT),
-                                        entrypoint="flows/batch_flows.py:generate_batch")
+    # A module path, as in prefect.yaml: the worker imports the installed package.
+    source = generate_batch.from_source(
+        source=str(ROOT), entrypoint="prefect_seedream.flows.batch.flow.generate_batch")
     source.deploy(name="shards", work_pool_name=POOL,  # type: ignore[union-attr]
                   print_next_steps=False, ignore_warnings=True)
     return "generate-batch/shards"
@@ -45,9 +46,9 @@ def test_two_workers_share_the_shards_and_store_every_item_once(
     prefect_server: PrefectServer, prefect_api: Any, e2e_sandbox: Sandbox, e2e_bucket: str,
     s3_endpoint: str, s3_client: Any,
 ) -> None:
-    from blocks import ReplicateCredentials, S3Destination
-    from flows.batch_flows import generate_batch
-    from flows.batch_report import BatchItemsFailed
+    from prefect_seedream.blocks import ReplicateCredentials, S3Destination
+    from prefect_seedream.flows.batch.flow import generate_batch
+    from prefect_seedream.flows.batch.report import BatchItemsFailed
 
     tag = uuid.uuid4().hex[:8]
     ReplicateCredentials(api_token=SecretStr(e2e_sandbox.api_token),

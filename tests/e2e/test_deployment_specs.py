@@ -11,10 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from deployments import build_all
-from deployments.common import RATE_LIMIT, WORK_POOL
-from flows.pipeline_example import render_sheet, sheet_layout
-from tasks.concurrency import create_command
+from prefect_seedream.deployments import build_all
+from prefect_seedream.deployments.common import RATE_LIMIT, WORK_POOL
+from prefect_seedream.flows.pipeline_example import render_sheet, sheet_layout
+from prefect_seedream.tasks.concurrency import create_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_prefect_yaml_and_build_functions_agree() -> None:
                  for item in config["deployments"]}
     from_python = {(d.entrypoint, d.name): spec_of_python(d) for d in build_all(WORK_POOL)}
     assert from_yaml == from_python
-    assert config["build"] == [{"deployments.bootstrap.ensure_rate_limit": {
+    assert config["build"] == [{"prefect_seedream.deployments.bootstrap.ensure_rate_limit": {
         "name": RATE_LIMIT, "creates_per_minute": 600}}]
 
 

@@ -13,7 +13,7 @@ import pytest
 from e2e_support import Stack, wait_for_final_state, wait_for_flow_runs
 from PIL import Image
 
-from flows.pipeline_example import sheet_layout
+from prefect_seedream.flows.pipeline_example import sheet_layout
 
 pytestmark = pytest.mark.server
 

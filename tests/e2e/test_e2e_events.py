@@ -22,7 +22,7 @@ from e2e_support import (
 )
 from PIL import Image
 
-from flows.pipeline_example import sheet_layout
+from prefect_seedream.flows.pipeline_example import sheet_layout
 
 pytestmark = pytest.mark.server
 
@@ -137,3 +137,26 @@ def test_a_failed_request_emits_images_failed_and_creates_nothing(
     assert seedream_stack.sandbox.counters()["creates"] == creates_before
     assert all(r.parameters.get("name") != str(run.id)
                for r in deployment_runs(client, "make-contact-sheet/on-images-stored"))
+
+
+def test_the_readme_curl_event_starts_a_generation(seedream_stack: Stack, prefect_api: Any,
+                                                   s3_client: Any) -> None:
+    """The README's `curl` body, run as written, is an event Prefect accepts and acts on."""
+    import os
+    import re
+    import subprocess
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (command,) = [b for b in re.findall(r"^```bash\n(.*?)^```", readme, re.S | re.M)
+                  if "/events" in b]
+    env = {**os.environ, "PREFECT_API_URL": seedream_stack.server.api_url}
+    result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    (run,) = wait_for_flow_runs(prefect_api, "generate-images/on-request",
+                                {"prompt": "a lighthouse seen from the sea"}, timeout=90,
+                                diagnostics=seedream_stack.diagnostics)
+    assert run.state.is_completed(), run.state
+    assert run.parameters["size"] == "1K" and run.parameters["aspect_ratio"] == "16:9"

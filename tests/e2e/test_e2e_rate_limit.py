@@ -10,11 +10,11 @@ import pytest
 from e2e_support import Stack
 from pydantic import SecretStr
 
-from blocks import ReplicateCredentials
-from tasks.concurrency import RateLimitUnavailable
-from tasks.predictions import create_prediction
-from tasks.predictions_async import acreate_prediction
-from tasks.seedream_input import SeedreamInput
+from prefect_seedream.blocks import ReplicateCredentials
+from prefect_seedream.tasks.concurrency import RateLimitUnavailable
+from prefect_seedream.tasks.predictions import create_prediction
+from prefect_seedream.tasks.predictions_async import acreate_prediction
+from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 pytestmark = pytest.mark.server
 

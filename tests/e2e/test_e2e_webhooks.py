@@ -23,7 +23,7 @@ from e2e_support import (
     wait_for_flow_runs,
 )
 
-from tasks.webhooks import sign_delivery
+from prefect_seedream.tasks.webhooks import sign_delivery
 
 pytestmark = pytest.mark.server
 

@@ -1,16 +1,20 @@
-"""What a batch keeps in S3, and how it finds it again.
+"""Keys and records: what makes a batch resumable, what it keeps in S3, how it finds it again.
+
+The item key is a hash of the model and the normalised Seedream input, with each source image
+replaced by the SHA-256 of its bytes (so a re-signed URL or a renamed copy does not count as new,
+and a changed source does). Source digests: an `s3://` source uses the object's full-object
+`ChecksumSHA256` when S3 has one (objects this plugin stores always do), else its bytes are
+streamed and hashed; an https source is streamed and hashed. Never held whole in memory.
 
 Layout under the key prefix:
 
 - `batch/{item_key}/{prediction_id}/{index}.jpg`: an item's images (written by `store_outputs`);
 - `batch/{item_key}/result.json`: written last, only when every image is stored; its presence
   is what "done" means, so a re-run skips the item and creates nothing;
+- `batch/_running/{run}/{item_key}.json`: a prediction in flight, for the cancellation hook and
+  for a re-run after a crash to re-attach to;
 - `batch/results/{run}.jsonl`: one line per item of a run, for downstream pipelines;
 - `batch/shards/{run}/{i}.jsonl`: the manifest of each shard handed to a deployment.
-
-Source digests: an `s3://` source uses the object's full-object `ChecksumSHA256` when S3 has
-one (objects this plugin stores always do), else its bytes are streamed and hashed; an https
-source is streamed and hashed. Never held whole in memory.
 """
 
 from __future__ import annotations
@@ -26,14 +30,36 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from blocks.s3_destination import join_key_parts, parse_s3_uri
-from flows.batch_manifest import BatchItem, ManifestInvalid
+from prefect_seedream.blocks.s3_destination import join_key_parts, parse_s3_uri
+from prefect_seedream.flows.batch.manifest import BatchItem, ManifestInvalid
 
 if TYPE_CHECKING:
-    from blocks.s3_destination import S3Destination
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 RESULT_NAME = "result.json"
 _CHUNK = 1024 * 1024
+
+
+def item_key(model: str, item: BatchItem, source_digests: Mapping[str, str]) -> str:
+    """The item's resumability key: 32 hex chars of SHA-256 over model + normalised input.
+
+    Example:
+        ```python
+        from prefect_seedream.flows.batch.keys import item_key
+        from prefect_seedream.flows.batch.manifest import check_rows
+
+        [a, b] = check_rows([{"prompt": "a fox", "size": "1K"},
+                             {"prompt": "a fox", "size": "1K", "id": "other"}])
+        assert item_key("m", a, {}) == item_key("m", b, {})  # the id is not part of the input
+        ```
+    """
+    body = item.request().to_request() if item.kind == "generate" else (
+        item.request([f"https://source.invalid/{i}" for i in range(len(item.images))]).to_request()
+    )
+    if item.kind == "edit":
+        body["image_input"] = [source_digests[source] for source in item.images]
+    basis = json.dumps({"model": model, "input": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
 def item_prefix(prefix: str, key: str) -> str:
@@ -222,6 +248,7 @@ __all__ = [
     "RESULT_NAME",
     "find_done",
     "forget_running",
+    "item_key",
     "item_prefix",
     "leftover_predictions",
     "mark_running",

@@ -50,7 +50,7 @@ def sniff_content_type(head: bytes) -> str:
 
     Example:
         ```python
-        from tasks.image_checks import sniff_content_type
+        from prefect_seedream.tasks.s3_storage.checks import sniff_content_type
 
         assert sniff_content_type(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8)) == "image/png"
         ```
@@ -73,7 +73,7 @@ def extension_for(content_type: str) -> str:
 
     Example:
         ```python
-        from tasks.image_checks import extension_for
+        from prefect_seedream.tasks.s3_storage.checks import extension_for
 
         assert extension_for("image/jpeg") == "jpg"
         ```
@@ -118,7 +118,7 @@ def parse_dimensions(head: bytes, content_type: str) -> tuple[int, int] | None:
         ```python
         import io
         from PIL import Image
-        from tasks.image_checks import parse_dimensions
+        from prefect_seedream.tasks.s3_storage.checks import parse_dimensions
 
         buf = io.BytesIO()
         Image.new("RGB", (64, 32)).save(buf, "PNG")
@@ -146,7 +146,7 @@ def has_end_marker(tail: bytes, content_type: str, total_size: int, riff_size: i
 
     Example:
         ```python
-        from tasks.image_checks import has_end_marker
+        from prefect_seedream.tasks.s3_storage.checks import has_end_marker
 
         assert has_end_marker(b"...\\xff\\xd9", "image/jpeg", 1000, None)
         assert not has_end_marker(b"...\\x12\\x34", "image/jpeg", 1000, None)
@@ -173,7 +173,7 @@ class ImageProbe:
         ```python
         import io
         from PIL import Image
-        from tasks.image_checks import ImageProbe
+        from prefect_seedream.tasks.s3_storage.checks import ImageProbe
 
         buf = io.BytesIO()
         Image.new("RGB", (640, 480)).save(buf, "JPEG")

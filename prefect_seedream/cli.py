@@ -3,6 +3,11 @@
 Exit codes scripts can rely on: 0 done, 2 bad input or usage, 3 credentials refused,
 4 the prediction failed, was canceled, aborted or timed out, 5 storage failed, 130 interrupted
 (the prediction is cancelled first), 1 anything else.
+
+An error is one line (`seedream: error: ...`) and a hint; `--debug` adds the traceback and
+Prefect's own log. What the command can check itself is refused before anything starts
+(`prefect_seedream.cli_checks`); while it waits it names what it waits for
+(`prefect_seedream.cli_progress`).
 """
 
 from __future__ import annotations
@@ -11,14 +16,40 @@ import argparse
 import contextlib
 import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_AUTH, EXIT_PREDICTION, EXIT_STORAGE = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
+from prefect_seedream.cli_output import (
+    EXIT_AUTH,
+    EXIT_ERROR,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PREDICTION,
+    EXIT_STORAGE,
+    Context,
+    exit_code_for,
+    report,
+)
+from prefect_seedream.cli_progress import Progress, following_runs, prefect_api
+
+__all__ = [
+    "EXIT_AUTH", "EXIT_ERROR", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PREDICTION",
+    "EXIT_STORAGE", "build_parser", "exit_code_for", "main",
+]
+
+
+def _storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", help="S3 bucket (default: SEEDREAM_BUCKET)")
+    parser.add_argument("--prefix", help="key prefix inside the bucket (default: seedream)")
+    parser.add_argument("--endpoint-url",
+                        help="S3-compatible endpoint: MinIO, R2, a local moto server "
+                             "(default: SEEDREAM_S3_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--credentials", help="name of a saved ReplicateCredentials block "
+                                              "(default: REPLICATE_API_TOKEN)")
+    parser.add_argument("--debug", action="store_true",
+                        help="also print Prefect's own log, and an error's traceback")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +58,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="with --size custom: 1024..4096")
     parser.add_argument("--max-images", type=int, default=1,
                         help="more than 1 turns on sequential generation (1..15)")
-    parser.add_argument("--bucket", help="S3 bucket (default: SEEDREAM_BUCKET)")
-    parser.add_argument("--prefix", help="key prefix inside the bucket")
-    parser.add_argument("--credentials", help="name of a saved ReplicateCredentials block")
+    _storage_flags(parser)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
     parser.add_argument("--out", default="out", help="also save copies here (default ./out)")
     parser.add_argument("--no-copies", action="store_true", help="do not save local copies")
@@ -40,19 +69,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prefect_seedream.tasks.seedream_input import ASPECT_RATIOS
+
+    ratios = ", ".join(ratio for ratio in ASPECT_RATIOS if ratio != "match_input_image")
     parser = argparse.ArgumentParser(
         prog="seedream", description="Seedream 4 on Replicate, orchestrated by Prefect, into S3."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="generate images from a prompt")
     generate.add_argument("prompt")
-    generate.add_argument("--aspect-ratio", default="1:1")
+    generate.add_argument("--aspect-ratio", default="1:1", help=f"{ratios} (1:1)")
     _common(generate)
     edit = commands.add_parser("edit", help="edit images with one instruction")
     edit.add_argument("instruction")
-    edit.add_argument("images", nargs="+",
+    edit.add_argument("images", nargs="*",
                       help="s3:// URIs or https URLs (local files with --sandbox)")
-    edit.add_argument("--aspect-ratio", default="match_input_image")
+    edit.add_argument("--aspect-ratio", default="match_input_image",
+                      help=f"match_input_image (the default), {ratios}")
     _common(edit)
     batch = commands.add_parser("batch", help="generate/edit every row of a JSONL or CSV manifest")
     batch.add_argument("manifest", help="a .jsonl or .csv file, or an s3:// URI")
@@ -60,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--price", type=float, default=0.03, help="USD per output image (0.03)")
     batch.add_argument("--max-images-total", type=int, help="stop submitting past this many")
     batch.add_argument("--max-cost", type=float, help="stop submitting past this many USD")
-    for flag, text in (("--bucket", "S3 bucket (default: SEEDREAM_BUCKET)"),
-                       ("--prefix", "key prefix inside the bucket"),
-                       ("--credentials", "name of a saved ReplicateCredentials block")):
-        batch.add_argument(flag, help=text)
+    _storage_flags(batch)
     batch.add_argument("--timeout", type=float, default=600.0, help="seconds per prediction")
     batch.add_argument("--sandbox", action="store_true",
                        help="run offline on the embedded sandbox and a local S3 server")
@@ -79,9 +109,9 @@ def _embedded(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The offline stack: the sandbox plus a local S3 server, as flow arguments."""
     from pydantic import SecretStr
 
-    from blocks.replicate_credentials import ReplicateCredentials
-    from sandbox import Sandbox
-    from sandbox.local_s3 import LocalS3
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.sandbox.local_s3 import LocalS3
+    from prefect_seedream.sandbox.server import Sandbox
 
     with Sandbox() as sb, LocalS3(bucket=args.bucket or "seedream-demo") as s3:
         print(f"Sandbox Replicate API at {sb.base_url}; local S3 at {s3.endpoint_url}", flush=True)
@@ -90,6 +120,7 @@ def _embedded(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                                                 base_url=sb.base_url),
             "destination": s3.destination(prefix=args.prefix or "seedream"),
             "s3": s3,
+            "token": sb.api_token,
         }
 
 
@@ -107,37 +138,41 @@ def _sandbox_sources(images: list[str], s3: Any) -> list[str]:
     return sources
 
 
-@contextlib.contextmanager
-def _progress_line(every: float = 5.0) -> Iterator[None]:
-    """A line on stderr every few seconds while we wait, so a long run never looks hung."""
-    done = threading.Event()
-    started = time.monotonic()
-
-    def tick() -> None:
-        while not done.wait(every):
-            print(f"  ... waiting for Seedream and S3 ({time.monotonic() - started:.0f}s)",
-                  file=sys.stderr, flush=True)
-
-    thread = threading.Thread(target=tick, name="seedream-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
 def _destination(args: argparse.Namespace) -> Any:
-    if not args.bucket:
-        return None
-    from blocks.s3_destination import S3Destination
-    from tasks.seedream_settings import get_settings
+    """An `S3Destination` from the flags (then `SEEDREAM_*`), or None for the block named by
+    `SEEDREAM_DESTINATION_BLOCK`; `cli_checks` has made sure one of them exists."""
+    from prefect_seedream.blocks.s3_destination import S3Destination
+    from prefect_seedream.tasks.seedream_settings import get_settings
 
     settings = get_settings()
+    bucket = args.bucket or settings.bucket
+    if not bucket:
+        return None
     return S3Destination(
-        bucket=args.bucket, prefix=args.prefix if args.prefix is not None else settings.prefix,
-        endpoint_url=settings.s3_endpoint_url, region_name=settings.region_name,
+        bucket=bucket, prefix=args.prefix if args.prefix is not None else settings.prefix,
+        endpoint_url=args.endpoint_url or settings.s3_endpoint_url,
+        region_name=settings.region_name,
     )
+
+
+def _where(destination: Any, key_prefix: str | None) -> str:
+    """Where the images go, for the progress line."""
+    if destination is None:
+        return "the S3Destination block named by SEEDREAM_DESTINATION_BLOCK"
+    prefix = str(key_prefix if key_prefix is not None else destination.prefix).strip("/")
+    return f"s3://{destination.bucket}/{prefix + '/' if prefix else ''}"
+
+
+@contextlib.contextmanager
+def _targets(args: argparse.Namespace, ctx: Context) -> Iterator[dict[str, Any]]:
+    """The flow's credentials and destination: the embedded stack, or the flags and settings."""
+    if args.sandbox:
+        with _embedded(args) as embedded:
+            ctx.secrets.append(embedded.pop("token"))
+            yield embedded
+        return
+    yield {"credentials": args.credentials, "destination": _destination(args),
+           "key_prefix": args.prefix}
 
 
 def _save_copies(images: list[Any], destination: Any, out: str) -> None:
@@ -150,41 +185,41 @@ def _save_copies(images: list[Any], destination: Any, out: str) -> None:
         print(f"  saved {target}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from flows.image_flows import edit_image, generate_images
+def _run(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
+    from prefect_seedream.flows.image_flows import edit_image, generate_images
 
     options: dict[str, Any] = {
         "size": args.size, "aspect_ratio": args.aspect_ratio, "width": args.width,
         "height": args.height, "max_images": args.max_images, "timeout_seconds": args.timeout,
     }
-    with contextlib.ExitStack() as stack:
-        if args.sandbox:
-            stack_args = stack.enter_context(_embedded(args))
-            s3 = stack_args.pop("s3")
-            options.update(stack_args)
-        else:
-            options.update(credentials=args.credentials, destination=_destination(args),
-                           key_prefix=args.prefix)
-        stack.enter_context(_progress_line())
-        if args.command == "generate":
-            images = generate_images(args.prompt, **options)
-        else:
-            sources = _sandbox_sources(args.images, s3) if args.sandbox else args.images
-            images = edit_image(args.instruction, sources, **options)
+    with _targets(args, ctx) as targets:
+        s3 = targets.pop("s3", None)
+        options.update(targets)
+        prefect_api(progress)
+        progress.phase("checking the bucket, then waiting for Seedream to make the images")
+        where = _where(options["destination"], options.get("key_prefix"))
+        with following_runs(progress, storing_in=where, secrets=ctx.secrets):
+            if args.command == "generate":
+                images = generate_images(args.prompt, **options)
+            else:
+                sources = _sandbox_sources(args.images, s3) if s3 is not None else args.images
+                images = edit_image(args.instruction, sources, **options)
+        progress.close()  # the progress lines end before the result
         print(f"Stored {len(images)} image(s):")
         for image in images:
             print(f"  {image.uri}  {image.width}x{image.height}  {image.size_bytes:,} bytes")
         if not args.no_copies:
-            from tasks.connections import resolve_destination
+            from prefect_seedream.tasks.connections import resolve_destination
 
-            _save_copies(images, resolve_destination(options.get("destination")), args.out)
+            _save_copies(images, resolve_destination(options["destination"]), args.out)
     return EXIT_OK
 
 
-def _batch(args: argparse.Namespace) -> int:
+def _batch(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
     """`seedream batch MANIFEST`: the batch flow, a progress bar on stderr, a summary on stdout."""
-    from flows.batch_flows import generate_batch
-    from flows.batch_report import BatchItemsFailed, BatchResult, ProgressBar, add_listener
+    from prefect_seedream.flows.batch.flow import generate_batch
+    from prefect_seedream.flows.batch.progress import add_listener
+    from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, ProgressBar
 
     options: dict[str, Any] = {
         "max_in_flight": args.max_in_flight, "price_per_image_usd": args.price,
@@ -192,16 +227,17 @@ def _batch(args: argparse.Namespace) -> int:
         "timeout_seconds": args.timeout,
     }
     with contextlib.ExitStack() as stack:
-        if args.sandbox:
-            embedded = stack.enter_context(_embedded(args))
-            options.update(credentials=embedded["credentials"],
-                           destination=embedded["destination"])
-        else:
-            options.update(credentials=args.credentials, destination=_destination(args),
-                           key_prefix=args.prefix)
+        targets = stack.enter_context(_targets(args, ctx))
+        targets.pop("s3", None)
+        options.update(targets)
+        prefect_api(progress)
+        progress.phase("reading the manifest and listing what the bucket already holds")
+        stack.enter_context(following_runs(progress, storing_in="S3", secrets=ctx.secrets))
+        stack.callback(add_listener(lambda event: progress.hand_over()))  # the bar takes over
         stack.callback(add_listener(ProgressBar(sys.stderr)))
         state = generate_batch(args.manifest, return_state=True, **options)
         data = state.result(raise_on_failure=False)
+        progress.close()
         if isinstance(data, BaseException) and not isinstance(data, BatchItemsFailed):
             raise data  # e.g. ManifestInvalid: exit 2, every bad row listed
         result = data.result if isinstance(data, BatchItemsFailed) else data
@@ -213,42 +249,32 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_PREDICTION if result.failed else EXIT_OK
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code for an error, so scripts can tell what went wrong."""
-    from tasks import errors
-
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, (errors.InvalidInput, ValueError)):
-        return EXIT_INPUT
-    if isinstance(exc, errors.AuthenticationFailed):
-        return EXIT_AUTH
-    if isinstance(exc, (errors.PredictionFailed, errors.PredictionCanceled,
-                        errors.PredictionAborted, errors.PredictionTimedOut,
-                        errors.OutputExpired, errors.OutputInvalid)):
-        return EXIT_PREDICTION
-    if isinstance(exc, errors.StorageFailed):
-        return EXIT_STORAGE
-    return EXIT_ERROR
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `seedream` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sandbox"]:  # its options belong to the sandbox's own parser
-        from sandbox.command_line import main as sandbox_main
+        from prefect_seedream.sandbox.command_line import main as sandbox_main
 
         return sandbox_main(argv[1:])
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not args.debug and "prefect" not in sys.modules:
+        # Prefect's console log (its tracebacks included) only with --debug; the flow run's
+        # statuses and warnings reach the user through the progress lines instead.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from prefect_seedream.cli_checks import check
+
+    ctx = Context(args)
     try:
-        return _batch(args) if args.command == "batch" else _run(args)
+        check(args, ctx)
+        with Progress() as progress:
+            progress.phase("loading Prefect and the flows")
+            return (_batch if args.command == "batch" else _run)(args, ctx, progress)
     except KeyboardInterrupt:
-        print("Interrupted: the prediction was cancelled.", file=sys.stderr)
+        print("seedream: interrupted; a running prediction was cancelled.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        print(f"seedream: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return report(exc, ctx, debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from tasks.image_checks import ImageProbe
+from prefect_seedream.tasks.s3_storage.checks import ImageProbe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mypy_boto3_s3 import S3Client
@@ -57,7 +57,7 @@ def redact_url(url: str) -> str:
 
     Example:
         ```python
-        from tasks.s3_upload import redact_url
+        from prefect_seedream.tasks.s3_storage.upload import redact_url
 
         assert redact_url("https://h/x.jpg?X-Amz-Signature=s") == "https://h/x.jpg"
         assert redact_url("data:image/png;base64,AAAA") == "data:image/png;base64,<4 chars>"

@@ -8,6 +8,7 @@ predictions. Any other error becomes the item's outcome; it never cancels a sibl
 
 `BatchControl` is what the items of one run share: the stop switch, the 429 pause and the ids
 of predictions in flight, so the run can cancel all of them at once when it is stopped.
+`ItemOutcome` is what became of an item, whichever way it ran (here, in a shard, or earlier).
 """
 
 from __future__ import annotations
@@ -17,32 +18,81 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
 
-from flows.batch_manifest import BatchItem
-from flows.batch_report import ItemOutcome
-from flows.batch_store import forget_running, item_prefix, mark_running, write_result
-from flows.source_images import first_image_size, presign_sources
-from tasks.concurrency import acquire_create_slot
-from tasks.connections import _log, replicate_api
-from tasks.errors import PredictionCanceled, PredictionFailed, RateLimited, SeedreamError
-from tasks.prediction_ledger import current_flow_run_id
-from tasks.prediction_support import plan_create, plan_wait, raise_for_outcome
-from tasks.replicate_protocol import RetryPolicy, cancel
-from tasks.seedream_input import output_dimensions
-from tasks.seedream_settings import get_settings
-from tasks.storage import store_outputs
+from prefect_seedream.flows.batch.keys import (
+    forget_running,
+    item_prefix,
+    mark_running,
+    write_result,
+)
+from prefect_seedream.flows.batch.manifest import BatchItem
+from prefect_seedream.flows.source_images import first_image_size, presign_sources
+from prefect_seedream.tasks.concurrency import acquire_create_slot
+from prefect_seedream.tasks.connections import _log, replicate_api
+from prefect_seedream.tasks.errors import (
+    PredictionCanceled,
+    PredictionFailed,
+    RateLimited,
+    SeedreamError,
+)
+from prefect_seedream.tasks.prediction_ledger import current_flow_run_id
+from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, raise_for_outcome
+from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
+from prefect_seedream.tasks.seedream_input import output_dimensions
+from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.storage import StoredImage, store_outputs
 
 if TYPE_CHECKING:
-    from blocks.replicate_credentials import ReplicateCredentials
-    from blocks.s3_destination import S3Destination
-    from tasks.prediction_model import Prediction
+    from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.s3_destination import S3Destination
+    from prefect_seedream.tasks.replicate_client.prediction import Prediction
 
 #: Longest a batch keeps re-queuing one item on 429s before giving up on it.
 RATE_LIMIT_PATIENCE_SECONDS = 900.0
+
+Status = Literal["succeeded", "already_done", "duplicate", "failed", "skipped_budget",
+                 "cancelled"]
+#: Statuses that count as "this item's images are in S3".
+DONE: frozenset[str] = frozenset({"succeeded", "already_done", "duplicate"})
+
+
+class ItemOutcome(BaseModel):
+    """What happened to one manifest item."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    line: int
+    kind: str
+    item_key: str
+    status: Status
+    images: list[StoredImage] = []
+    prediction_id: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    cost_usd: float = 0.0  # paid in this run: price x images stored
+
+    @property
+    def uris(self) -> list[str]:
+        return [image.uri for image in self.images]
+
+    def line_json(self) -> dict[str, Any]:
+        """The item as one line of the results manifest."""
+        return {
+            "id": self.id, "line": self.line, "kind": self.kind, "item_key": self.item_key,
+            "status": self.status, "prediction_id": self.prediction_id,
+            "images": [{"uri": i.uri, "sha256": i.sha256, "width": i.width, "height": i.height,
+                        "index": i.index, "size_bytes": i.size_bytes,
+                        "content_type": i.content_type} for i in self.images],
+            "error_type": self.error_type, "error": self.error,
+            "seconds": round(self.seconds, 3), "cost_usd": round(self.cost_usd, 4),
+        }
 
 
 class BatchStopped(Exception):
@@ -264,4 +314,4 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
     )
 
 
-__all__ = ["BatchControl", "BatchStopped", "run_batch_item"]
+__all__ = ["DONE", "BatchControl", "BatchStopped", "ItemOutcome", "run_batch_item"]

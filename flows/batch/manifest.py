@@ -1,19 +1,18 @@
-"""Batch manifests: read JSONL, CSV or a list of dicts, check every row, key every item.
+"""Batch manifests: read JSONL, CSV or a list of dicts, check every row.
 
 A generate row has `prompt` plus the options of `generate_images`; an edit row has `instruction`
 and `images` plus the options of `edit_image`; either may carry an `id`. Every problem in every
 row is collected and raised at once, with line numbers, before anything is submitted.
 
-The item key is what makes a batch resumable: a hash of the model and the normalised Seedream
-input, with each source image replaced by the SHA-256 of its bytes (so a re-signed URL or a
-renamed copy does not count as new, and a changed source does). Pure code, apart from reading
-the manifest itself.
+A manifest is a local file, an `s3://` URI, or a key relative to the destination
+(`manifests/nightly.jsonl`: no scheme, not absolute, and no local file of that name), read from
+the destination's bucket under its prefix. A manifest that cannot be read at all raises
+`ManifestUnreadable`. Pure code, apart from reading the manifest itself.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from tasks.errors import InvalidInput
-from tasks.seedream_input import SeedreamInput, describe_errors
+from prefect_seedream.tasks.errors import InvalidInput
+from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors
 
 if TYPE_CHECKING:
-    from blocks.s3_destination import S3Destination
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 Kind = Literal["generate", "edit"]
 OPTIONS = ("size", "aspect_ratio", "width", "height", "max_images", "enhance_prompt")
@@ -44,13 +43,31 @@ class ManifestInvalid(InvalidInput):
     """One or more manifest rows are invalid; `problems` lists each as `line N: ...`."""
 
     def __init__(self, problems: list[str]) -> None:
+        super().__init__(self._describe(problems))
+        self.problems = problems
+
+    def _describe(self, problems: list[str]) -> str:
         shown = problems[:_MAX_PROBLEMS_SHOWN]
         more = len(problems) - len(shown)
-        message = (f"{len(problems)} invalid manifest row(s); nothing was submitted. Fix them "
-                   "and run again:\n  " + "\n  ".join(shown)
-                   + (f"\n  ... and {more} more" if more else ""))
-        super().__init__(message)
-        self.problems = problems
+        return (f"{len(problems)} invalid manifest row(s); nothing was submitted. Fix them "
+                "and run again:\n  " + "\n  ".join(shown)
+                + (f"\n  ... and {more} more" if more else ""))
+
+
+class ManifestUnreadable(ManifestInvalid):
+    """The manifest itself cannot be read (missing, refused, not text); no row was looked at.
+
+    `name` is the file or `s3://` URI tried, `reason` what went wrong; `problems` holds the one
+    line `cannot read the manifest {name}: {reason}`.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__([f"cannot read the manifest {name}: {reason}"])
+
+    def _describe(self, problems: list[str]) -> str:
+        return (f"{problems[0].rstrip('.')}. Nothing was submitted; check the path or URI "
+                "(and, for S3, the destination's bucket, prefix and credentials) and run again.")
 
 
 @dataclass(frozen=True)
@@ -84,27 +101,6 @@ class BatchItem:
         if image_urls:
             fields["image_input"] = list(image_urls)
         return SeedreamInput(**{k: v for k, v in fields.items() if v is not None})
-
-
-def item_key(model: str, item: BatchItem, source_digests: Mapping[str, str]) -> str:
-    """The item's resumability key: 32 hex chars of SHA-256 over model + normalised input.
-
-    Example:
-        ```python
-        from flows.batch_manifest import check_rows, item_key
-
-        [a, b] = check_rows([{"prompt": "a fox", "size": "1K"},
-                             {"prompt": "a fox", "size": "1K", "id": "other"}])
-        assert item_key("m", a, {}) == item_key("m", b, {})  # the id is not part of the input
-        ```
-    """
-    body = item.request().to_request() if item.kind == "generate" else (
-        item.request([f"https://source.invalid/{i}" for i in range(len(item.images))]).to_request()
-    )
-    if item.kind == "edit":
-        body["image_input"] = [source_digests[source] for source in item.images]
-    basis = json.dumps({"model": model, "input": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -225,33 +221,79 @@ def parse_text(text: str, *, name: str) -> list[tuple[int, Any]]:
     return list(_jsonl_rows(text.splitlines()))
 
 
+def _reason(exc: Exception) -> str:
+    """What went wrong: S3's own words when it answered (`NoSuchKey: ...`), else the error's."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    if isinstance(error, dict) and error.get("Code"):
+        return f"{error['Code']}: {error.get('Message') or 'no message'}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestUnreadable(name, f"not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                                       "JSONL or CSV") from exc
+
+
+def _read_s3(uri: str, destination: S3Destination | None, *, hint: str = "") -> str:
+    from prefect_seedream.blocks.s3_destination import parse_s3_uri
+
+    if destination is None:
+        raise ManifestUnreadable(uri, "an s3:// manifest needs a destination to read it")
+    try:
+        bucket, key = parse_s3_uri(uri)
+        data = destination.get_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        raise ManifestUnreadable(uri, _reason(exc).rstrip(".") + hint) from exc
+    return _decode(data, uri)
+
+
+def read_manifest_text(manifest: str, destination: S3Destination | None = None) -> str:
+    """The text of a manifest named by a local path, an `s3://` URI or a destination key.
+
+    A name with no scheme that is not absolute and names no local file is a key relative to
+    `destination`: `manifests/nightly.jsonl` is read from `s3://{bucket}/{prefix}/manifests/...`.
+
+    Raises:
+        ManifestUnreadable: The manifest cannot be read: missing, refused, or not UTF-8 text.
+    """
+    if manifest.startswith("s3://"):
+        return _read_s3(manifest, destination)
+    path = Path(manifest).expanduser()
+    if path.is_file():
+        try:
+            return _decode(path.read_bytes(), manifest)
+        except OSError as exc:
+            raise ManifestUnreadable(manifest, _reason(exc)) from exc
+    if "://" in manifest:
+        raise ManifestUnreadable(manifest, "only a local file, an s3:// URI or a key relative "
+                                           "to the destination can be read")
+    if path.exists():
+        raise ManifestUnreadable(manifest, "a directory, not a file")
+    if destination is None or path.is_absolute() or manifest.startswith((".", "~")):
+        raise ManifestUnreadable(manifest, "no such file")
+    uri = destination.uri(destination.join_key(manifest))
+    return _read_s3(uri, destination, hint=f" (no local file {manifest} either; a manifest name "
+                                           "without a scheme is a key under the destination's "
+                                           "prefix)")
+
+
 def load_manifest(
     manifest: str | list[dict[str, Any]], destination: S3Destination | None = None
 ) -> list[BatchItem]:
-    """Read and check a manifest: a local path, an `s3://` URI, or a list of dicts.
+    """Read and check a manifest: a local path, an `s3://` URI, a key relative to the
+    destination (see `read_manifest_text`), or a list of dicts.
 
     Raises:
-        ManifestInvalid: Every invalid row, with line numbers; or the manifest cannot be read.
+        ManifestUnreadable: The manifest cannot be read at all.
+        ManifestInvalid: Every invalid row, with line numbers.
     """
     if isinstance(manifest, list):
         return check_rows(manifest)
-    if manifest.startswith("s3://"):
-        from blocks.s3_destination import parse_s3_uri
-
-        if destination is None:
-            raise ManifestInvalid([f"{manifest}: an s3:// manifest needs a destination to read it"])
-        try:
-            bucket, key = parse_s3_uri(manifest)
-            body = destination.get_client().get_object(Bucket=bucket, Key=key)["Body"]
-            text = body.read().decode("utf-8-sig")
-        except Exception as exc:
-            raise ManifestInvalid([f"cannot read {manifest} ({type(exc).__name__})"]) from exc
-    else:
-        path = Path(manifest).expanduser()
-        if not path.is_file():
-            raise ManifestInvalid([f"{manifest}: no such file"])
-        text = path.read_text(encoding="utf-8-sig")
-    rows = parse_text(text, name=manifest)
+    rows = parse_text(read_manifest_text(manifest, destination), name=manifest)
     return check_rows(rows)
 
 
@@ -260,5 +302,5 @@ def to_jsonl(items: Iterable[BatchItem]) -> str:
     return "".join(json.dumps(dict(item.row), sort_keys=True) + "\n" for item in items)
 
 
-__all__ = ["BatchItem", "ManifestInvalid", "check_rows", "item_key", "load_manifest",
-           "parse_text", "to_jsonl"]
+__all__ = ["BatchItem", "ManifestInvalid", "ManifestUnreadable", "check_rows", "load_manifest",
+           "parse_text", "read_manifest_text", "to_jsonl"]

@@ -1,7 +1,7 @@
 """Pure request builders and response readers for Replicate's HTTP API.
 
-Nothing here does I/O. `tasks.replicate_protocol` decides *what* to send and when to retry;
-`tasks.replicate_api` is the one place that sends it.
+Nothing here does I/O. `prefect_seedream.tasks.replicate_client.protocol` decides *what* to send and
+when to retry; `prefect_seedream.tasks.replicate_client.api` is the one place that sends it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from tasks.errors import (
+from prefect_seedream.tasks.errors import (
     AuthenticationFailed,
     InvalidInput,
     RateLimited,
     ReplicateUnavailable,
     SeedreamError,
 )
-from tasks.prediction_model import Prediction
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
 
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 

@@ -23,67 +23,30 @@ from prefect.client.schemas.objects import State
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.replicate_credentials import ReplicateCredentials
-from blocks.s3_destination import S3Destination, join_key_parts
-from flows.batch_items import BatchControl, run_batch_item
-from flows.batch_manifest import BatchItem, item_key, load_manifest
-from flows.batch_report import (
-    BatchItemsFailed,
-    BatchResult,
-    ItemOutcome,
-    Progress,
-    notify,
-    publish_table,
-)
-from flows.batch_store import (
+from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
+from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+from prefect_seedream.blocks.s3_destination import S3Destination, join_key_parts
+from prefect_seedream.flows.batch.budget import DEFAULT_PRICE_PER_IMAGE_USD, plan_budget
+from prefect_seedream.flows.batch.items import BatchControl, ItemOutcome, run_batch_item
+from prefect_seedream.flows.batch.keys import (
     find_done,
+    item_key,
     leftover_predictions,
     read_results,
     running_predictions,
     source_digests,
     write_jsonl,
 )
-from flows.flow_support import check_bucket
-from tasks.connections import _log, resolve_credentials, resolve_destination
-from tasks.seedream_settings import get_settings
-from tasks.storage import StoredImage
+from prefect_seedream.flows.batch.manifest import BatchItem, load_manifest
+from prefect_seedream.flows.batch.progress import Progress, notify
+from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, publish_table
+from prefect_seedream.flows.flow_support import check_bucket
+from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
+from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.storage import StoredImage
 
 if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
-
-DEFAULT_PRICE_PER_IMAGE_USD = 0.03  # Seedream 4 on Replicate, per output image
-
-
-def plan_budget(
-    items: list[tuple[BatchItem, str]], *, price: float, max_images_total: int | None,
-    max_cost_usd: float | None,
-) -> tuple[list[tuple[BatchItem, str]], list[tuple[BatchItem, str]]]:
-    """Split items into (submitted, skipped by budget), reserving each item's worst case.
-
-    Submission stops at the first item whose worst case would cross a cap; later items are
-    skipped too, so a capped batch is always a prefix of the manifest.
-
-    Example:
-        ```python
-        from flows.batch_flows import plan_budget
-        from flows.batch_manifest import check_rows
-
-        items = [(item, str(i)) for i, item in enumerate(check_rows(
-            [{"prompt": f"p{i}", "size": "1K"} for i in range(5)]))]
-        run, skipped = plan_budget(items, price=0.03, max_images_total=3, max_cost_usd=None)
-        assert (len(run), len(skipped)) == (3, 2)
-        ```
-    """
-    submitted: list[tuple[BatchItem, str]] = []
-    images = 0
-    for index, (item, key) in enumerate(items):
-        worst = images + item.max_images
-        if (max_images_total is not None and worst > max_images_total) or (
-                max_cost_usd is not None and worst * price > max_cost_usd + 1e-9):
-            return submitted, items[index:]
-        images = worst
-        submitted.append((item, key))
-    return submitted, []
 
 
 def _run_local(
@@ -163,7 +126,7 @@ def _check_limit(name: str) -> None:
     """Refuse before paying if the global concurrency limit does not exist (it is strict)."""
     from prefect.client.orchestration import get_client
 
-    from tasks.errors import InvalidInput
+    from prefect_seedream.tasks.errors import InvalidInput
 
     try:
         with get_client(sync_client=True) as client:
@@ -181,7 +144,7 @@ def _block_name(value: Any, what: str) -> str | None:
         return value
     name = getattr(value, "_block_document_name", None)
     if not name:
-        from tasks.errors import InvalidInput
+        from prefect_seedream.tasks.errors import InvalidInput
 
         raise InvalidInput(f"sharding needs the {what} as a saved block's name (workers load it "
                            f"in their own process); save it with .save('NAME') and pass 'NAME'")
@@ -194,8 +157,8 @@ def cancel_batch_predictions(flow: Any, flow_run: Any, state: Any) -> None:
     Runs in the runner or worker process, so it rebuilds the destination from the run's
     parameters (a saved block's name, or the settings) and reads the run's in-flight records.
     """
-    from tasks.connections import replicate_api
-    from tasks.replicate_protocol import RetryPolicy, cancel
+    from prefect_seedream.tasks.connections import replicate_api
+    from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
 
     log = _log()
     params = flow_run.parameters or {}
@@ -228,7 +191,7 @@ def generate_batch(
     manifest: str | list[dict[str, Any]],
     *,
     credentials: ReplicateCredentials | str | None = None,
-    destination: S3Destination | str | None = None,
+    destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     max_in_flight: int = 16,
     price_per_image_usd: float = DEFAULT_PRICE_PER_IMAGE_USD,
@@ -244,8 +207,10 @@ def generate_batch(
     """Generate or edit every item of `manifest` into S3; items already there are skipped.
 
     Args:
-        manifest: A JSONL or CSV file (local path or `s3://` URI) or a list of dicts. A row has
-            `prompt` (generate) or `instruction` + `images` (edit), the options of
+        manifest: A JSONL or CSV file or a list of dicts. A file is a local path, an `s3://`
+            URI, or a key relative to the destination (`manifests/nightly.jsonl`: no scheme,
+            no local file of that name), read from the destination's bucket under its prefix.
+            A row has `prompt` (generate) or `instruction` + `images` (edit), the options of
             `generate_images`/`edit_image` (`size`, `aspect_ratio`, `width`, `height`,
             `max_images`, `enhance_prompt`) and optionally an `id`.
         credentials: A `ReplicateCredentials` block, its saved name, or None for the defaults.
@@ -270,7 +235,7 @@ def generate_batch(
 
     Example:
         ```python
-        from flows import generate_batch
+        from prefect_seedream import generate_batch
 
         result = generate_batch("catalogue.jsonl", max_cost_usd=25)
         print(result.summary(), result.results_uri)
@@ -317,7 +282,7 @@ def generate_batch(
     progress = Progress(len(run), log)
     progress.start()
     if shards > 1 or deployment:
-        from flows.batch_shards import run_shards
+        from prefect_seedream.flows.batch.shards import run_shards
 
         if not deployment:
             raise ValueError("shards > 1 needs deployment='generate-batch/DEPLOYMENT-NAME'")
@@ -371,4 +336,4 @@ def generate_batch(
     return result
 
 
-__all__ = ["DEFAULT_PRICE_PER_IMAGE_USD", "generate_batch", "plan_budget"]
+__all__ = ["cancel_batch_predictions", "generate_batch"]

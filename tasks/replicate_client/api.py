@@ -1,7 +1,8 @@
 """The one place that talks HTTP to Replicate, through the `replicate` client's own httpx clients.
 
 `ReplicateApi.run` (sync) and `ReplicateApi.arun` (async) drive the protocols in
-`tasks.replicate_protocol`; both send exactly the same requests and make the same decisions.
+`prefect_seedream.tasks.replicate_client.protocol`; both send exactly the same requests and make the
+same decisions.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from typing import Any
 import anyio
 import httpx
 
-from tasks.prediction_model import Prediction
-from tasks.replicate_protocol import Note, Protocol, SendFailed, Sleep, Update
-from tasks.replicate_requests import ApiRequest, ApiResponse
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.replicate_client.protocol import (
+    Note,
+    Protocol,
+    SendFailed,
+    Sleep,
+    Update,
+)
+from prefect_seedream.tasks.replicate_client.request_builders import ApiRequest, ApiResponse
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -58,8 +65,8 @@ class ReplicateApi:
     Example:
         ```python
         import replicate
-        from tasks.replicate_api import ReplicateApi
-        from tasks import replicate_protocol as protocol
+        from prefect_seedream.tasks.replicate_client.api import ReplicateApi
+        from prefect_seedream.tasks.replicate_client import protocol
 
         api = ReplicateApi(replicate.Client(api_token="r8_...", base_url="http://127.0.0.1:8787"))
         prediction = api.run(protocol.get("abc123", policy=protocol.RetryPolicy()))

@@ -2,8 +2,9 @@
 
 Each operation is a generator that yields what it needs done (`ApiRequest`, `Sleep`, `Update`)
 and receives the answer (`ApiResponse`, or a transport exception thrown into it). The sync and
-async drivers in `tasks.replicate_api` run the same generators, so retry classification,
-backoff, reconciliation and polling exist in exactly one place and are unit-testable without I/O.
+async drivers in `prefect_seedream.tasks.replicate_client.api` run the same generators, so retry
+classification, backoff, reconciliation and polling exist in exactly one place and are unit-testable
+without I/O.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tasks.errors import (
+from prefect_seedream.tasks.errors import (
     CreateOutcomeUnknown,
     PredictionTimedOut,
     RateLimited,
     ReplicateUnavailable,
     SeedreamError,
 )
-from tasks.prediction_model import Prediction
-from tasks.replicate_requests import (
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.replicate_client.request_builders import (
     TRANSIENT_STATUSES,
     ApiRequest,
     ApiResponse,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from blocks.s3_destination import join_key_parts
-from flows.batch_manifest import BatchItem, to_jsonl
-from flows.batch_report import ItemOutcome, Progress
-from flows.batch_store import read_jsonl
+from prefect_seedream.blocks.s3_destination import join_key_parts
+from prefect_seedream.flows.batch.items import ItemOutcome
+from prefect_seedream.flows.batch.keys import read_jsonl
+from prefect_seedream.flows.batch.manifest import BatchItem, to_jsonl
+from prefect_seedream.flows.batch.progress import Progress
 
 if TYPE_CHECKING:
-    from blocks.s3_destination import S3Destination
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 POLL_SECONDS = 2.0
 
@@ -29,7 +30,7 @@ def split(items: list[Any], shards: int) -> list[list[Any]]:
 
     Example:
         ```python
-        from flows.batch_shards import split
+        from prefect_seedream.flows.batch.shards import split
 
         assert split(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
         assert split([1], 3) == [[1]]
@@ -46,7 +47,7 @@ def split(items: list[Any], shards: int) -> list[list[Any]]:
 
 
 def _outcome(item: BatchItem, key: str, line: dict[str, Any] | None, why: str) -> ItemOutcome:
-    from tasks.storage import StoredImage
+    from prefect_seedream.tasks.storage import StoredImage
 
     if line is None:
         return ItemOutcome(id=item.id, line=item.line, kind=item.kind, item_key=key,

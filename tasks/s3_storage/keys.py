@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
-from blocks.s3_destination import join_key_parts
-from tasks.prediction_model import Prediction
+from prefect_seedream.blocks.s3_destination import join_key_parts
+from prefect_seedream.tasks.replicate_client.prediction import Prediction
 
 #: S3 limits user metadata to 2 KB: the UTF-8 bytes of every key and value, summed.
 METADATA_LIMIT = 2048
@@ -24,7 +24,7 @@ def output_key(prefix: str, prediction_id: str, index: int, extension: str) -> s
 
     Example:
         ```python
-        from tasks.output_keys import output_key
+        from prefect_seedream.tasks.s3_storage.keys import output_key
 
         assert output_key("runs/", "p1", 0, "jpg") == "runs/p1/0.jpg"
         assert output_key("", "p1", 2, ".png") == "p1/2.png"
@@ -55,7 +55,7 @@ def encode_prompt(prompt: str, max_bytes: int) -> tuple[str, bool]:
     Example:
         ```python
         from urllib.parse import unquote
-        from tasks.output_keys import encode_prompt
+        from prefect_seedream.tasks.s3_storage.keys import encode_prompt
 
         encoded, truncated = encode_prompt("a café at dusk", 100)
         assert encoded == "a%20caf%C3%A9%20at%20dusk" and not truncated
@@ -90,8 +90,8 @@ def build_metadata(
 
     Example:
         ```python
-        from tasks.prediction_model import Prediction
-        from tasks.output_keys import build_metadata
+        from prefect_seedream.tasks.replicate_client.prediction import Prediction
+        from prefect_seedream.tasks.s3_storage.keys import build_metadata
 
         p = Prediction(id="p1", status="succeeded", input={"prompt": "a red fox"})
         meta = build_metadata(p, 0, sha256="ab" * 32, width=8, height=8, flow_run_id=None)
@@ -127,7 +127,7 @@ def guess_extension(url: str) -> str:
 
     Example:
         ```python
-        from tasks.output_keys import guess_extension
+        from prefect_seedream.tasks.s3_storage.keys import guess_extension
 
         assert guess_extension("https://replicate.delivery/x/out-0.png?sig=1") == "png"
         assert guess_extension("data:image/webp;base64,AAAA") == "webp"
