@@ -45,8 +45,11 @@ def report_markdown(
     ]
     for image in stored:
         link = object_link(destination, image.bucket, image.key)
+        size = f"{image.width}x{image.height}"
+        if image.size_note:  # stored anyway; the difference is recorded here and in S3
+            size += f" (⚠ {_cell(image.size_note)})"
         lines.append(
-            f"| {image.index} | [{_cell(image.uri)}]({link}) | {image.width}x{image.height} "
+            f"| {image.index} | [{_cell(image.uri)}]({link}) | {size} "
             f"| {image.size_bytes:,} | `{image.sha256[:16]}…` | `{image.prediction_id}` |"
         )
     return "\n".join(lines)

@@ -119,7 +119,8 @@ class StorageFailed(SeedreamError):
 
 
 class OutputInvalid(SeedreamError):
-    """An output is not a decodable image of the requested size."""
+    """An output is not a decodable image, or was truncated on every download; its bytes are
+    kept under `{prefix}/_quarantine/{prediction_id}/` (the message names the object)."""
 
 
 def is_worth_retrying(exc: BaseException) -> bool:

@@ -5,7 +5,11 @@ Guarantees, per output:
 - streamed, never held whole in memory (see `prefect_seedream.tasks.s3_storage.upload`);
 - SHA-256 taken on the way, checked against S3's own full-object SHA-256 and kept in metadata;
 - Content-Type from the bytes, not the URL; header and end marker checked
-(`prefect_seedream.tasks.s3_storage.checks`);
+  (`prefect_seedream.tasks.s3_storage.checks`);
+- store first, judge after: an image of another size than Seedream's table predicts is stored at
+  its real size with the difference recorded (`StoredImage.size_note`, S3 metadata
+  `expected-size`, a warning); bytes that are not an image, or truncated on every download, are
+  kept unchecked under `{prefix}/_quarantine/{prediction_id}/` and the error names that place;
 - written to its final key only when complete and valid: an output smaller than one part is
   checked in memory and sent with one PUT, a larger one is uploaded to a temporary key and
   copied to its final key;
@@ -38,6 +42,7 @@ from prefect_seedream.tasks.s3_storage.checks import (
     ImageIncomplete,
     ImageProbe,
     extension_for,
+    size_note,
 )
 from prefect_seedream.tasks.s3_storage.keys import (
     METADATA_LIMIT,
@@ -54,6 +59,7 @@ from prefect_seedream.tasks.s3_storage.upload import (
     head_metadata,
     new_http_client,
     open_source,
+    quarantine_copy,
     redact_url,
     upload_then_publish,
 )
@@ -82,6 +88,8 @@ class StoredImage(BaseModel):
     content_type: str
     prediction_id: str
     index: int
+    #: Set when the image is not the size Seedream's table predicts (it is stored anyway).
+    size_note: str | None = None
 
 
 def _existing(
@@ -95,11 +103,16 @@ def _existing(
         raise Permanent(
             f"{destination.uri(key)} already holds another object; refusing to overwrite it."
         )
+    width, height = int(meta.get("width", 0)), int(meta.get("height", 0))
+    expected = meta.get("expected-size", "")
+    ew, _, eh = expected.partition("x")
     return StoredImage(
         uri=destination.uri(key), bucket=destination.bucket, key=key,
         sha256=meta.get("sha256", ""), size_bytes=int(head.get("ContentLength", 0)),
-        width=int(meta.get("width", 0)), height=int(meta.get("height", 0)),
-        content_type=str(head.get("ContentType", "")), prediction_id=prediction_id, index=index,
+        width=width, height=height, content_type=str(head.get("ContentType", "")),
+        prediction_id=prediction_id, index=index,
+        size_note=size_note(width, height, (int(ew), int(eh))) if ew.isdigit() and eh.isdigit()
+        else None,
     )
 
 
@@ -120,10 +133,6 @@ def _attempt(
             probe.finish()  # raises: empty, not an image, or truncated inside the header
         assert probe.content_type and probe.width and probe.height
         width, height = probe.width, probe.height
-        if expected_size is not None and (width, height) != tuple(expected_size):
-            raise ImageCheckError(
-                f"The image is {width}x{height}, expected {expected_size[0]}x{expected_size[1]}."
-            )
         key = output_key(key_prefix, prediction.id, index, extension_for(probe.content_type))
         if key != guessed:
             found = _existing(client, destination, key, prediction.id, index)
@@ -137,7 +146,7 @@ def _attempt(
             probe.finish()
             return build_metadata(
                 prediction, index, sha256=reader.hexdigest(), width=width, height=height,
-                flow_run_id=flow_run_id,
+                flow_run_id=flow_run_id, expected_size=expected_size,
             )
 
         sha = upload_then_publish(
@@ -148,7 +157,22 @@ def _attempt(
         uri=destination.uri(key), bucket=destination.bucket, key=key, sha256=sha,
         size_bytes=probe.size_bytes, width=width, height=height,
         content_type=probe.content_type, prediction_id=prediction.id, index=index,
+        size_note=size_note(width, height, expected_size),
     )
+
+
+def _quarantine(url: str, prediction: Prediction, index: int, destination: S3Destination,
+                prefix: str, reason: str, http: httpx.Client) -> str:
+    """Keep the bytes of an output that failed its checks; where they are, for the error."""
+    key = join_key_parts(prefix, "_quarantine", prediction.id, f"{index}.bin")
+    metadata = {"prediction-id": prediction.id, "index": str(index),
+                "reason": reason.encode("ascii", "replace").decode()[:1000]}
+    try:
+        with open_source(url, http) as chunks:
+            quarantine_copy(destination.get_client(), destination.bucket, key, chunks, metadata)
+    except (SourceGone, Transient, Permanent) as exc:
+        return f"nowhere: keeping a copy failed too ({exc})"
+    return destination.uri(key)
 
 
 def store_output(
@@ -168,10 +192,14 @@ def store_output(
 
     Network errors, source 5xx and S3 5xx/connection errors are retried after each pause in
     `retry_delays` (the prediction is never re-run). Logs never contain a URL's query string.
+    An image that is not of `expected_size` is stored at its real size, with a warning and
+    `size_note` saying so: the size table is a guess about a hosted model.
 
     Raises:
         OutputExpired: The URL answered 404/410 (Replicate deletes outputs after ~1 hour).
-        OutputInvalid: The bytes are not an image, or not of `expected_size`.
+        OutputInvalid: The bytes are not an image, or were truncated on every download; they
+            are kept under `{prefix}/_quarantine/{prediction_id}/{index}.bin`, named in the
+            message.
         StorageFailed: Retries ran out, or S3 refused the write; names prediction and index.
 
     Example:
@@ -194,6 +222,7 @@ def store_output(
     client = http or new_http_client()
     delays = list(retry_delays)
     reason = ""
+    truncated = False
     try:
         for attempt in range(len(delays) + 1):
             try:
@@ -201,6 +230,9 @@ def store_output(
                                   flow_run_id, client)
                 log.info("Stored output %d of %s from %s at %s (%d bytes, sha256 %s).", index,
                          prediction.id, safe_url, stored.uri, stored.size_bytes, stored.sha256)
+                if stored.size_note:
+                    log.warning("Output %d of %s: %s (%s).", index, prediction.id,
+                                stored.size_note, stored.uri)
                 return stored
             except SourceGone as exc:
                 raise OutputExpired(
@@ -208,11 +240,12 @@ def store_output(
                     "Re-run the prediction to get new images.", prediction_id=prediction.id,
                 ) from None
             except ImageIncomplete as exc:
-                reason = str(exc)
+                reason, truncated = str(exc), True
             except ImageCheckError as exc:
+                kept = _quarantine(url, prediction, index, destination, prefix, str(exc), client)
                 raise OutputInvalid(
-                    f"Output {index} ({safe_url}) is not a valid image: {exc}",
-                    prediction_id=prediction.id,
+                    f"Output {index} ({safe_url}) is not a valid image: {exc} It was paid for, "
+                    f"so its bytes are kept at {kept}.", prediction_id=prediction.id,
                 ) from None
             except Permanent as exc:
                 error = StorageFailed(f"Output {index} could not be stored: {exc}",
@@ -220,11 +253,18 @@ def store_output(
                 error.retryable = False
                 raise error from None
             except Transient as exc:
-                reason = str(exc)
+                reason, truncated = str(exc), False
             if attempt < len(delays):
                 log.warning("Storing output %d of %s failed (%s); retrying in %.1f s.",
                             index, prediction.id, reason, delays[attempt])
                 time.sleep(delays[attempt])
+        if truncated:
+            kept = _quarantine(url, prediction, index, destination, prefix, reason, client)
+            raise OutputInvalid(
+                f"Output {index} ({safe_url}) was truncated on each of {len(delays) + 1} "
+                f"downloads: {reason} It was paid for, so its bytes are kept at {kept}.",
+                prediction_id=prediction.id,
+            )
         raise StorageFailed(
             f"Output {index} could not be stored after {len(delays) + 1} attempts: {reason} "
             "The prediction was not re-run; retry storing while its outputs still exist (~1 h).",

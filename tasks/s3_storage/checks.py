@@ -163,6 +163,14 @@ def has_end_marker(tail: bytes, content_type: str, total_size: int, riff_size: i
     return False
 
 
+def size_note(width: int, height: int, expected: tuple[int, int] | None) -> str | None:
+    """What to record when a stored image is not the size that was predicted (else None)."""
+    if expected is None or (width, height) == tuple(expected):
+        return None
+    return (f"the image is {width}x{height}, not the {expected[0]}x{expected[1]} Seedream's "
+            "size table predicts; stored at its real size")
+
+
 class ImageProbe:
     """Watches a byte stream go by and checks that it is one complete image.
 
@@ -266,5 +274,6 @@ __all__ = [
     "extension_for",
     "has_end_marker",
     "parse_dimensions",
+    "size_note",
     "sniff_content_type",
 ]

@@ -81,12 +81,14 @@ def build_metadata(
     width: int,
     height: int,
     flow_run_id: str | None,
+    expected_size: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """Return the S3 user metadata for one output: ASCII, at most `METADATA_LIMIT` bytes.
 
     Keys: `prediction-id`, `index`, `model`, `sha256`, `width`, `height`, `flow-run-id` (only
-    inside a flow run), `prompt` (percent-encoded) and `prompt-truncated: "true"` when the
-    prompt had to be cut to fit.
+    inside a flow run), `expected-size` (`WxH`, only when the image is not the size Seedream's
+    table predicted), `prompt` (percent-encoded) and `prompt-truncated: "true"` when the prompt
+    had to be cut to fit.
 
     Example:
         ```python
@@ -109,6 +111,8 @@ def build_metadata(
         meta["model"] = quote(prediction.model, safe=_PROMPT_SAFE)[:200]
     if flow_run_id:
         meta["flow-run-id"] = str(flow_run_id)
+    if expected_size is not None and tuple(expected_size) != (width, height):
+        meta["expected-size"] = f"{expected_size[0]}x{expected_size[1]}"
     if prediction.prompt:
         used = sum(len(k) + len(v) for k, v in meta.items())
         budget = METADATA_LIMIT - used - len("prompt") - len("prompt-truncated") - len("true")

@@ -132,9 +132,12 @@ def open_source(url: str, http: httpx.Client) -> Iterator[Iterator[bytes]]:
 
 
 class HashingReader:
-    """Reads body chunks into caller buffers, hashing and probing every byte on the way."""
+    """Reads body chunks into caller buffers, hashing and probing every byte on the way.
 
-    def __init__(self, chunks: Iterator[bytes], probe: ImageProbe) -> None:
+    Without a probe (`probe=None`) the bytes are hashed but not checked: quarantine copies.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], probe: ImageProbe | None) -> None:
         self._chunks = chunks
         self._probe = probe
         self._sha = hashlib.sha256()
@@ -146,14 +149,15 @@ class HashingReader:
         if chunk is None:
             self._eof = True
             return False
-        self._probe.feed(chunk)
+        if self._probe is not None:
+            self._probe.feed(chunk)
         self._sha.update(chunk)
         self._pending += chunk
         return True
 
     def prefetch_header(self) -> None:
         """Read ahead until the probe knows type and size (or the stream ends)."""
-        while not self._probe.header_ready and self._pull():
+        while self._probe is not None and not self._probe.header_ready and self._pull():
             pass
 
     def readinto(self, buffer: bytearray) -> int:
@@ -181,21 +185,23 @@ class HashingReader:
 
 def upload_stream(client: S3Client, bucket: str, key: str, reader: HashingReader,
                   content_type: str, *, buffer: bytearray | None = None,
-                  size: int | None = None) -> None:
+                  size: int | None = None, metadata: dict[str, str] | None = None) -> None:
     """Upload everything `reader` yields to `key`, one `PART_SIZE` buffer at a time.
 
     Each request carries an S3 SHA-256 checksum of its bytes; a multipart upload is aborted
     on any error, so no partial object ever appears. `buffer` and `size` hand over a first
-    part already read.
+    part already read; `metadata` is the object's user metadata.
     """
     if buffer is None or size is None:
         buffer = bytearray(PART_SIZE)
         size = reader.readinto(buffer)
     common: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumAlgorithm": "SHA256"}
+    extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
     if size < PART_SIZE:
-        client.put_object(Body=bytes(buffer[:size]), ContentType=content_type, **common)
+        client.put_object(Body=bytes(buffer[:size]), ContentType=content_type, **common, **extra)
         return
-    upload_id = client.create_multipart_upload(ContentType=content_type, **common)["UploadId"]
+    upload_id = client.create_multipart_upload(ContentType=content_type, **common,
+                                               **extra)["UploadId"]
     try:
         parts: list[dict[str, Any]] = []
         while size:
@@ -339,6 +345,27 @@ def upload_then_publish(
             _delete_quietly(client, bucket, temp_key)
 
 
+def quarantine_copy(client: S3Client, bucket: str, key: str, chunks: Iterator[bytes],
+                    metadata: dict[str, str]) -> str:
+    """Store bytes that failed the image checks, unchecked, at `key`; returns their SHA-256.
+
+    A paid-for output is never dropped: what Replicate served goes next to the error, for a
+    person to look at (`application/octet-stream`, whatever the source claimed).
+
+    Raises:
+        Transient, Permanent: the download or S3 failed (as `classify_s3_error` says).
+    """
+    reader = HashingReader(chunks, None)
+    try:
+        upload_stream(client, bucket, key, reader, "application/octet-stream",
+                      metadata=metadata)
+    except (ClientError, BotoCoreError) as exc:
+        raise classify_s3_error(exc, "quarantine upload") from None
+    except httpx.TransportError as exc:
+        raise Transient(f"The download broke off: {type(exc).__name__}.") from None
+    return reader.hexdigest()
+
+
 def _delete_quietly(client: S3Client, bucket: str, key: str) -> None:
     # A leftover under `_incomplete/` is harmless; a lifecycle rule can expire it.
     with contextlib.suppress(ClientError, BotoCoreError):
@@ -356,6 +383,7 @@ __all__ = [
     "head_metadata",
     "new_http_client",
     "open_source",
+    "quarantine_copy",
     "redact_url",
     "upload_stream",
     "upload_then_publish",
