@@ -55,12 +55,21 @@ def _timeout(request: ApiRequest) -> httpx.Timeout | None:
     return httpx.Timeout(10.0, read=request.read_timeout)
 
 
-class ReplicateApi:
-    """Sends requests with a `replicate.Client`'s authenticated httpx clients.
+def _bare(http: Any) -> Any:
+    """An httpx client like `http` (base URL, token, user agent, timeouts) without the
+    `replicate` client's `RetryTransport`, which retries GETs on 429/503/504 and transport
+    errors up to 10 times out of our sight: our protocol's retry counts and deadlines must be
+    the only ones."""
+    kind = httpx.AsyncClient if isinstance(http, httpx.AsyncClient) else httpx.Client
+    return kind(base_url=http.base_url, headers=http.headers, timeout=http.timeout)
 
-    Using the client's own httpx clients keeps its base URL, token and user agent, while giving
-    this plugin the response headers (`Retry-After`) and raw JSON (`aborted`, `deadline`,
-    `data_removed`) that replicate 1.0.7 drops.
+
+class ReplicateApi:
+    """Sends requests with httpx clients built from a `replicate.Client`'s settings.
+
+    Taking the client's base URL, token and user agent keeps it the one source of those, while
+    giving this plugin the response headers (`Retry-After`) and raw JSON (`aborted`, `deadline`,
+    `data_removed`) that replicate 1.0.7 drops; its retrying transport is left out (`_bare`).
 
     Example:
         ```python
@@ -75,6 +84,7 @@ class ReplicateApi:
 
     def __init__(self, client: Any, factory: Callable[[], Any] | None = None) -> None:
         self.client = client
+        self._http = _bare(client._client)
         self._factory = factory
         # httpx's async pool belongs to one event loop; Prefect runs each async flow run on its
         # own loop, so each loop gets its own client (weakly keyed: closed loops drop out).
@@ -86,7 +96,7 @@ class ReplicateApi:
         kwargs: dict[str, Any] = {"json": request.json, "headers": request.headers}
         if (timeout := _timeout(request)) is not None:
             kwargs["timeout"] = timeout
-        raw = self.client._client.request(request.method, request.path, **kwargs)
+        raw = self._http.request(request.method, request.path, **kwargs)
         return _response(raw)
 
     async def asend(self, request: ApiRequest) -> ApiResponse:
@@ -97,13 +107,12 @@ class ReplicateApi:
         return _response(raw)
 
     def _async_http(self) -> httpx.AsyncClient:
-        if self._factory is None:
-            return self.client._async_client  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
         client = self._loop_clients.get(loop)
         if client is None:
-            client = self._loop_clients[loop] = self._factory()
-        return client._async_client  # type: ignore[no-any-return]
+            source = self._factory() if self._factory is not None else self.client
+            client = self._loop_clients[loop] = _bare(source._async_client)
+        return client  # type: ignore[no-any-return]
 
     def run(
         self,
