@@ -11,6 +11,7 @@ from prefect import flow
 from pydantic import SecretStr
 
 from prefect_seedream import (
+    CreateOutcomeUnknown,
     OutputExpired,
     PredictionAborted,
     PredictionFailed,
@@ -113,6 +114,23 @@ def test_lost_create_response_is_found_again_not_doubled(
     record_outcome(f"create response lost after the prediction was made ({ops.mode})",
                    "found it in the list of recent predictions and re-attached",
                    created=len(made(seedream_sandbox)), left_running=0)
+
+
+def test_lost_create_answers_with_the_list_down_stop_instead_of_paying_again(
+    ops: Ops, seedream_sandbox: Any, record_outcome: Any,
+) -> None:
+    """Unknown means stop: two create answers lost while `GET /v1/predictions` answers 503 made
+    three predictions before; now the first lost create is the only one ever sent."""
+    seedream_sandbox.faults.drop_create_responses(2)
+    seedream_sandbox.faults.error_share(1.0, status=503, routes=["list"])
+    with pytest.raises(CreateOutcomeUnknown, match="nothing was sent again"):
+        ops.create(REQUEST)
+    assert seedream_sandbox.counters()["requests"]["create"] == 1
+    assert len(made(seedream_sandbox)) == 1
+    record_outcome(f"create answer lost with the list of predictions down ({ops.mode})",
+                   "CreateOutcomeUnknown after a bounded look; no second create",
+                   created=len(made(seedream_sandbox)),
+                   left_running=len(running(seedream_sandbox)))
 
 
 def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(

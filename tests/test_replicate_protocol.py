@@ -147,6 +147,29 @@ def test_unanswered_creates_with_nothing_found_stop_with_outcome_unknown() -> No
         script.run(create(script))
 
 
+@pytest.mark.parametrize("first", [protocol.SendFailed("ReadTimeout", maybe_sent=True),
+                                   ApiResponse(502, {}, {"detail": "bad gateway"})],
+                         ids=["answer-lost", "create-502"])
+def test_unknown_means_stop_when_the_list_cannot_be_read(first: Any) -> None:
+    """The create may have made a prediction and the list that would tell cannot be read: no
+    second create is ever sent (it could pay twice); the error says so."""
+    unreadable = ApiResponse(503, {}, {"detail": "unavailable"})
+    script = Script([first] + [unreadable] * POLICY.reconcile_attempts + [ok(pred("p2"))])
+    with pytest.raises(CreateOutcomeUnknown, match="nothing was sent again"):
+        script.run(create(script))
+    assert posts(script) == 1
+    assert [r.method for r in script.sent] == ["POST"] + ["GET"] * POLICY.reconcile_attempts
+
+
+def test_a_list_that_answers_later_still_finds_the_lost_prediction() -> None:
+    lost = protocol.SendFailed("ReadTimeout", maybe_sent=True)
+    unreadable = ApiResponse(503, {}, {"detail": "unavailable"})
+    found = ok({"results": [pred("p1")], "next": None}, 200)
+    script = Script([lost, unreadable, found])
+    assert script.run(create(script)).id == "p1"
+    assert posts(script) == 1
+
+
 @pytest.mark.parametrize(("status", "error"), [(401, AuthenticationFailed), (422, InvalidInput)])
 def test_client_errors_are_not_retried(status: int, error: type[Exception]) -> None:
     script = Script([ApiResponse(status, {}, {"detail": "nope"})])

@@ -141,7 +141,8 @@ def create(
     429 is retried after the wait Replicate asks for (capped). A connection that never opened is
     retried. Any other unanswered or 5xx create may have made a prediction, so it is looked up in
     the list of recent predictions (same model and input) and re-attached before trying again;
-    after a retry, a late-appearing twin from the lost attempt is cancelled.
+    after a retry, a late-appearing twin from the lost attempt is cancelled. Unknown means stop:
+    when that list cannot be read, nothing is sent again (`CreateOutcomeUnknown`).
     """
     request = build_create(
         model, input, webhook=webhook, webhook_events_filter=webhook_events_filter,
@@ -209,7 +210,8 @@ def _recent_matches(
     model: str, input: dict[str, Any], since: datetime, policy: RetryPolicy,
     exclude_ids: frozenset[str],
 ) -> Protocol:
-    """Predictions created since `since` (minus clock skew) with this model and input."""
+    """Predictions created since `since` (minus clock skew) with this model and input; None
+    when the list could not be read (which is not the same as an empty list)."""
     created_after = since - timedelta(seconds=policy.clock_skew)
     request = build_list(created_after=created_after)
     matches: list[Prediction] = []
@@ -236,12 +238,28 @@ def _find_lost(
     model: str, input: dict[str, Any], since: datetime, policy: RetryPolicy,
     exclude_ids: frozenset[str],
 ) -> Protocol:
+    """The oldest prediction a lost create made, or None once the list was read and showed none.
+
+    Raises:
+        CreateOutcomeUnknown: the list could not be read on any attempt: whether the create made
+            a prediction is unknown, so nothing may be sent again.
+    """
+    readable = False
     for attempt in range(policy.reconcile_attempts):
         matches = yield from _recent_matches(model, input, since, policy, exclude_ids)
         if matches:
             return matches[0]
+        readable = readable or matches is not None
         if attempt + 1 < policy.reconcile_attempts:
-            yield Sleep(policy.reconcile_delay)
+            pause = policy.reconcile_delay if matches is not None else policy.backoff(attempt + 1)
+            yield Sleep(pause)
+    if not readable:
+        raise CreateOutcomeUnknown(
+            f"a create for {model} got no clear answer and Replicate's list of recent predictions "
+            f"could not be read ({policy.reconcile_attempts} tries), so whether it made a "
+            "prediction is unknown; nothing was sent again. Retrying or re-running looks for it "
+            "first; or check Replicate's dashboard."
+        )
     return None
 
 
