@@ -10,8 +10,9 @@ naming each refused field, and changes nothing. On success it answers with what 
 
 In a faults body each key names a fault, and its value is either what GET shows for it, which
 sets the fault to exactly that (so posting GET's answer back changes nothing), or an object of
-the keyword arguments of the `Faults` method of that name, which calls it (`fail_next` and
-`interrupt_predictions` then queue after what is already queued). `clear` applies first.
+the keyword arguments of the `Faults` method of that name, which calls it (`fail_next`,
+`interrupt_predictions`, `size_drift` and `corrupt_outputs` then queue after what is already
+queued). `clear` applies first.
 
 Examples, to send with `curl -d BODY http://127.0.0.1:8787/_sandbox/faults`:
 
@@ -25,6 +26,10 @@ Examples, to send with `curl -d BODY http://127.0.0.1:8787/_sandbox/faults`:
 - Answer a fifth of GETs and lists with 500, and serve output files at 50 kB/s:
   `{"error_share": {"share": 0.2, "status": 500, "routes": ["get", "list"]},
   "slow_downloads": 50000}`
+- Render the next prediction's outputs 16 pixels wider than Seedream's size table says (still
+  valid JPEGs), and cut the next two predictions' files off before their JPEG end marker:
+  `{"size_drift": {"n": 1, "dx": 16, "dy": 0},
+  "corrupt_outputs": {"n": 2, "kind": "truncated"}}`
 - Turn every fault off: `{"clear": {}}`
 """
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from prefect_seedream.sandbox.config import image_count, parse_go_duration, parse_prefer_wait
+from prefect_seedream.sandbox.fault_settings import MIN_SIDE
 from prefect_seedream.sandbox.file_routes import as_data_uris
 from prefect_seedream.sandbox.http_types import Request, Response, json_response, problem
 from prefect_seedream.sandbox.input_images import InputImageError, load_inputs
@@ -135,6 +136,12 @@ def _create(
         return problem(422, f"aspect_ratio: {exc}", "Invalid input")
     cfg = app.config
     now = app.clock()
+    failure = app.faults.take_interrupt()
+    drift, corruption = None, None
+    if failure is None:  # a failed prediction has no outputs to spoil: the faults wait
+        drift, corruption = app.faults.take_size_drift(), app.faults.take_corruption()
+    if drift is not None:
+        width, height = max(MIN_SIDE, width + drift[0]), max(MIN_SIDE, height + drift[1])
     record = PredictionRecord(
         id=new_prediction_id(),
         seq=app.store.next_seq(),
@@ -150,13 +157,15 @@ def _create(
         queue_seconds=cfg.queue_seconds,
         run_seconds=cfg.run_seconds,
         deadline=None if lifetime is None else now + lifetime,
-        failure=app.faults.take_interrupt(),
+        failure=failure,
+        corruption=corruption,
         webhook=body.get("webhook"),
         webhook_events=frozenset(body.get("webhook_events_filter") or DEFAULT_EVENTS),
         sources=[image.data for image in inputs],
     )
-    if record.failure is not None:
-        app.counters.add("faults_injected")
+    for fault in (failure, drift, corruption):
+        if fault is not None:
+            app.counters.add("faults_injected")
     app.store.add(record)
     app.counters.track(record.id)
     app.counters.add("creates")

@@ -6,7 +6,8 @@ each key names a fault and its value is either
 - what GET shows for that fault, which sets the fault to exactly that (so posting GET's answer
   back changes nothing), or
 - an object of the keyword arguments of the `Faults` method of that name, which calls it
-  (`fail_next` and `interrupt_predictions` then queue after what is already queued).
+  (`fail_next`, `interrupt_predictions`, `size_drift` and `corrupt_outputs` then queue after
+  what is already queued).
 
 `expire_outputs` and `clear` take an object of arguments or null; `clear` comes first. Every
 key is checked before anything changes, and each refusal names its field.
@@ -21,13 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect_seedream.sandbox.prediction_state import INTERRUPTED
+from prefect_seedream.sandbox.rendering import CORRUPTIONS
 
 ROUTES = frozenset({"create", "get", "cancel", "list", "files", "account"})
 # The keys a body may hold: the names of the fault methods.
 ADMIN_ACTIONS = frozenset({
     "rate_limit_creates", "fail_next", "error_share", "drop_create_responses",
-    "interrupt_predictions", "slow_downloads", "expire_outputs", "clear",
+    "interrupt_predictions", "size_drift", "corrupt_outputs", "slow_downloads",
+    "expire_outputs", "clear",
 })
+# `size_drift` moves each side by at most this many pixels (a side never goes below MIN_SIDE).
+MAX_DRIFT = 512
+MIN_SIDE = 16
 
 Expiry = tuple[str | None, float | None]
 
@@ -65,6 +71,8 @@ def cleared() -> dict[str, Any]:
         "error_share": {"share": 0.0, "status": 500, "routes": sorted(ROUTES)},
         "drop_create_responses": 0,
         "interrupt_predictions": [],
+        "size_drift": [],
+        "corrupt_outputs": [],
         "slow_downloads": None,
     }
 
@@ -146,6 +154,19 @@ def _status(where: str, value: Any) -> int:
 def _text(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: must be a non-empty string, not {value!r}")
+    return value
+
+
+def _drift(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_DRIFT:
+        raise ValueError(f"{where}: must be a whole number of pixels within "
+                         f"-{MAX_DRIFT}..{MAX_DRIFT}, not {value!r}")
+    return value
+
+
+def _corruption(where: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in CORRUPTIONS:
+        raise ValueError(f"{where}: unknown kind {value!r}; use one of {', '.join(CORRUPTIONS)}")
     return value
 
 
@@ -239,6 +260,39 @@ def _interrupt_predictions(value: Any, current: Any) -> list[str]:
     return [*current, *([message] * n)]
 
 
+def _size_drift(value: Any, current: Any) -> list[list[int]]:
+    where = "size_drift"
+    if isinstance(value, list):
+        pairs = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ValueError(f"{where}[{i}]: must be a [dx, dy] pair, not {entry!r}")
+            pairs.append([_drift(f"{where}[{i}].dx", entry[0]),
+                          _drift(f"{where}[{i}].dy", entry[1])])
+        return pairs
+    if not isinstance(value, dict):
+        raise ValueError(f'{where}: must be a list of [dx, dy] pairs as GET shows, or '
+                         f'{{"n": N, "dx": ..., "dy": ...}}, not {value!r}')
+    args = _arguments(where, value, ("n",), ("dx", "dy"))
+    n = _whole(f"{where}.n", args["n"])
+    dx = _drift(f"{where}.dx", args.get("dx", 16))
+    dy = _drift(f"{where}.dy", args.get("dy", 0))
+    return [*current, *([dx, dy] for _ in range(n))]
+
+
+def _corrupt_outputs(value: Any, current: Any) -> list[str]:
+    where = "corrupt_outputs"
+    if isinstance(value, list):
+        return [_corruption(f"{where}[{i}]", kind) for i, kind in enumerate(value)]
+    if not isinstance(value, dict):
+        raise ValueError(f'{where}: must be a list of kinds as GET shows, or '
+                         f'{{"n": N, "kind": ...}}, not {value!r}')
+    args = _arguments(where, value, ("n",), ("kind",))
+    n = _whole(f"{where}.n", args["n"])
+    kind = _corruption(f"{where}.kind", args.get("kind", "html"))
+    return [*current, *([kind] * n)]
+
+
 def _slow_downloads(value: Any, current: Any) -> float | None:
     where = "slow_downloads"
     if isinstance(value, dict):
@@ -271,5 +325,7 @@ _READERS: dict[str, Callable[[Any, Any], Any]] = {
     "error_share": _error_share,
     "drop_create_responses": _drop_create_responses,
     "interrupt_predictions": _interrupt_predictions,
+    "size_drift": _size_drift,
+    "corrupt_outputs": _corrupt_outputs,
     "slow_downloads": _slow_downloads,
 }

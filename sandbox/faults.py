@@ -1,4 +1,5 @@
-"""Faults on demand: throttling, server errors, lost responses, failed runs, slow files.
+"""Faults on demand: throttling, server errors, lost responses, failed runs, outputs off the
+size table, corrupt files, slow files.
 
 `Faults` is the public switchboard (`prefect_seedream.sandbox.faults`); `Faults.update` applies
 an admin body, all or nothing (the rules are in `fault_settings`); the `take_*` methods are what
@@ -15,12 +16,14 @@ from typing import Any
 
 from prefect_seedream.sandbox.fault_settings import (
     ADMIN_ACTIONS,
+    MAX_DRIFT,
     ROUTES,
     FaultSettingsError,
     cleared,
     plan_update,
 )
 from prefect_seedream.sandbox.prediction_state import INTERRUPTED
+from prefect_seedream.sandbox.rendering import CORRUPTIONS
 
 __all__ = ["ADMIN_ACTIONS", "ROUTES", "FaultSettingsError", "Faults"]
 
@@ -35,6 +38,12 @@ def _check_route(route: str) -> None:
 def _check_status(status: int) -> None:
     if not 400 <= status <= 599:
         raise ValueError(f"status {status} is not an error status (400..599)")
+
+
+def _check_drift(name: str, pixels: int) -> None:
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or abs(pixels) > MAX_DRIFT:
+        raise ValueError(f"{name} must be a whole number of pixels within "
+                         f"-{MAX_DRIFT}..{MAX_DRIFT}, not {pixels!r}")
 
 
 class Faults:
@@ -57,6 +66,8 @@ class Faults:
         self._share_routes: frozenset[str] = ROUTES
         self._drops = 0
         self._interrupts: list[str] = []
+        self._drifts: list[tuple[int, int]] = []
+        self._corruptions: list[str] = []
         self._bytes_per_second: float | None = None
 
     def rate_limit_creates(self, n: int, retry_after: int = 1) -> None:
@@ -118,6 +129,40 @@ class Faults:
         """
         with self._lock:
             self._interrupts.extend([error or INTERRUPTED] * max(0, int(n)))
+
+    def size_drift(self, n: int, dx: int = 16, dy: int = 0) -> None:
+        """Render the outputs of the next `n` predictions `dx` by `dy` pixels off the size table.
+
+        As Seedream on Replicate has done (2576x1440 for 2K 16:9, where its table says
+        2560x1440). The files stay valid JPEGs and the logs give the size rendered. Queued
+        after earlier drifts; a prediction `interrupt_predictions` fails takes none.
+
+        Args:
+            n: How many predictions drift.
+            dx: Pixels added to the width; negative narrows (a side stays >= 16 px).
+            dy: Pixels added to the height; negative lowers.
+        """
+        _check_drift("dx", dx)
+        _check_drift("dy", dy)
+        with self._lock:
+            self._drifts.extend([(dx, dy)] * max(0, int(n)))
+
+    def corrupt_outputs(self, n: int, kind: str = "html") -> None:
+        """Make the output files of the next `n` predictions not images.
+
+        The file is spoiled before it is cached, so every download of it is (the same bytes
+        while cached): retrying cannot fix it.
+        Queued after earlier ones; a prediction `interrupt_predictions` fails takes none.
+
+        Args:
+            n: How many predictions get corrupt files.
+            kind: "html": an HTML error page served as `image/jpeg`; "truncated": the JPEG
+                cut off before its end marker.
+        """
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(CORRUPTIONS)}")
+        with self._lock:
+            self._corruptions.extend([kind] * max(0, int(n)))
 
     def slow_downloads(self, bytes_per_second: float | None) -> None:
         """Throttle output downloads to `bytes_per_second`; None serves at full speed."""
@@ -185,6 +230,8 @@ class Faults:
                             "routes": sorted(self._share_routes)},
             "drop_create_responses": self._drops,
             "interrupt_predictions": list(self._interrupts),
+            "size_drift": [list(drift) for drift in self._drifts],
+            "corrupt_outputs": list(self._corruptions),
             "slow_downloads": self._bytes_per_second,
         }
 
@@ -199,6 +246,8 @@ class Faults:
         self._share_routes = frozenset(state["error_share"]["routes"])
         self._drops = state["drop_create_responses"]
         self._interrupts = list(state["interrupt_predictions"])
+        self._drifts = [(dx, dy) for dx, dy in state["size_drift"]]
+        self._corruptions = list(state["corrupt_outputs"])
         self._bytes_per_second = state["slow_downloads"]
 
     # Called by the request handlers.
@@ -240,6 +289,16 @@ class Faults:
         """The error this new prediction must fail with, else None."""
         with self._lock:
             return self._interrupts.pop(0) if self._interrupts else None
+
+    def take_size_drift(self) -> tuple[int, int] | None:
+        """The (dx, dy) this new prediction's outputs must drift by, else None."""
+        with self._lock:
+            return self._drifts.pop(0) if self._drifts else None
+
+    def take_corruption(self) -> str | None:
+        """How this new prediction's output files must be corrupt (`CORRUPTIONS`), else None."""
+        with self._lock:
+            return self._corruptions.pop(0) if self._corruptions else None
 
     def download_rate(self) -> float | None:
         """Bytes per second for downloads, or None for full speed."""

@@ -8,7 +8,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from prefect_seedream.sandbox.http_types import Request, Response, problem
-from prefect_seedream.sandbox.rendering import render_jpeg
+from prefect_seedream.sandbox.rendering import html_error_page, render_jpeg, truncated_jpeg
 
 if TYPE_CHECKING:
     from prefect_seedream.sandbox.app import SandboxApp
@@ -54,12 +54,15 @@ def handle(app: SandboxApp, request: Request) -> Response:
 
 
 def output_bytes(app: SandboxApp, record: PredictionRecord, index: int) -> bytes:
-    """The JPEG of one output, rendered once and cached."""
+    """The JPEG of one output (or what `corrupt_outputs` left of it), rendered once and cached."""
     cfg = app.config
 
     def render() -> bytes:
-        return render_jpeg(record.width, record.height, record.request.prompt, index,
+        if record.corruption == "html":
+            return html_error_page()
+        data = render_jpeg(record.width, record.height, record.request.prompt, index,
                            record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
+        return truncated_jpeg(data) if record.corruption == "truncated" else data
 
     return app.files.get((record.id, index), render)
 

@@ -65,14 +65,15 @@ class PredictionRecord:
         version: The version id reported in the prediction object.
         input: The input exactly as sent.
         request: The validated input.
-        width: Output width in pixels.
-        height: Output height in pixels.
+        width: Output width in pixels, as rendered (a `size_drift` moves it off the table).
+        height: Output height in pixels, as rendered.
         image_count: How many images a success returns.
         created: Creation time (unix seconds).
         queue_seconds: Time spent in `starting`.
         run_seconds: Time spent in `processing`.
         deadline: `Cancel-After` deadline (unix seconds), if any.
         failure: Error message the prediction fails with, if it is set to fail.
+        corruption: How its output files are corrupt (`rendering.CORRUPTIONS`), if they are.
         webhook: Webhook URL, if any.
         webhook_events: Events that trigger a webhook delivery.
         canceled_at: When a cancel request stopped it, if one did.
@@ -96,6 +97,7 @@ class PredictionRecord:
     run_seconds: float
     deadline: float | None = None
     failure: str | None = None
+    corruption: str | None = None
     webhook: str | None = None
     webhook_events: frozenset[str] = frozenset()
     canceled_at: float | None = None

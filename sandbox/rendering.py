@@ -1,8 +1,10 @@
-"""Rendering output JPEGs that show their prompt and index, and caching them.
+"""Rendering output JPEGs that show their prompt and index, spoiling them on demand, caching.
 
 Outputs are rendered lazily on first download: a gradient (or the first input image,
 resized and cropped, for edits) plus grain so the JPEG has a realistic size, with the
-prompt and the image number drawn on top.
+prompt and the image number drawn on top. `corrupt_outputs` spoils a file one of the
+`CORRUPTIONS` ways instead, before it is cached: every download of it is spoiled (byte for byte
+the same while it stays cached; the grain is random, so a re-render differs).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from prefect_seedream.sandbox.input_images import decode
 
 _TILE = 512
+# How `Faults.corrupt_outputs` spoils an output file: an HTML error page in its place, or the
+# JPEG cut off before its end-of-image marker.
+CORRUPTIONS: tuple[str, ...] = ("html", "truncated")
+_END_OF_IMAGE = b"\xff\xd9"
 FontType = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
@@ -106,6 +112,25 @@ def render_jpeg(
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def html_error_page(status: int = 502) -> bytes:
+    """An HTTP error page such as a CDN sends in place of a file (served as `image/jpeg`)."""
+    title = f"{status} Bad Gateway" if status == 502 else f"{status} Error"
+    return (
+        "<!DOCTYPE html>\n<!-- Seedream sandbox: corrupt_outputs(kind=\"html\") -->\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>\n'
+        f"<body><h1>{title}</h1><p>The origin server returned an invalid response. "
+        "Please try again later.</p></body></html>\n"
+    ).encode()
+
+
+def truncated_jpeg(data: bytes) -> bytes:
+    """The first half of a JPEG: its headers survive, its end-of-image marker does not."""
+    cut = data[: len(data) // 2]
+    while cut.endswith(_END_OF_IMAGE):
+        cut = cut[:-1]
+    return cut
 
 
 class FileCache:

@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import replicate
+from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from prefect_seedream.sandbox import Sandbox, SandboxConfig, admin_routes
@@ -27,6 +30,7 @@ from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
 
 MODEL = "bytedance/seedream-4"
 TEXT = {"prompt": "a red fox in snow", "aspect_ratio": "1:1", "size": "1K"}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture
@@ -110,6 +114,10 @@ def _busy(sandbox: Sandbox) -> None:
     faults.drop_create_responses(1)
     faults.interrupt_predictions(1)
     faults.interrupt_predictions(1, error="The output was flagged as sensitive. (E005)")
+    faults.size_drift(2, dx=16, dy=-8)
+    faults.size_drift(1, dx=0, dy=32)
+    faults.corrupt_outputs(1)
+    faults.corrupt_outputs(2, kind="truncated")
     faults.slow_downloads(1000)
 
 
@@ -126,6 +134,27 @@ def test_posting_back_what_get_shows_changes_nothing(seedream_sandbox, admin, bu
     assert posted.json() == faults == admin.get("/faults").json()
     assert configured.status_code == 200, configured.text
     assert configured.json() == config == admin.get("/config").json()
+
+
+def test_admin_sets_output_faults_in_both_forms(seedream_sandbox, seedream_client, admin):
+    called = admin.post("/faults", json={"size_drift": {"n": 1},
+                                         "corrupt_outputs": {"n": 1, "kind": "truncated"}})
+    shown = admin.post("/faults", json={"size_drift": [*called.json()["size_drift"], [0, 16]],
+                                        "corrupt_outputs": ["html"]})
+
+    first, second, third = (seedream_client.models.predictions.create(
+        model=MODEL, input=TEXT, wait=True) for _ in range(3))
+
+    assert called.json()["size_drift"] == [[16, 0]]
+    assert called.json()["corrupt_outputs"] == ["truncated"]
+    assert shown.json()["size_drift"] == [[16, 0], [0, 16]]
+    assert shown.json()["corrupt_outputs"] == ["html"]  # the shown state replaced "truncated"
+    assert httpx.get(first.output[0]).content.startswith(b"<!DOCTYPE html>")
+    assert Image.open(io.BytesIO(httpx.get(second.output[0]).content)).size == (1024, 1040)
+    assert Image.open(io.BytesIO(httpx.get(third.output[0]).content)).size == (1024, 1024)
+    assert "Generating 1040x1024 image" in first.logs
+    assert admin.get("/faults").json()["size_drift"] == []
+    assert seedream_sandbox.counters()["faults_injected"] == 3
 
 
 def test_round_trip_keeps_queued_faults_queued_once(seedream_sandbox, seedream_client, admin):
@@ -153,13 +182,16 @@ def test_partly_invalid_body_changes_nothing_and_names_each_field(
         "drop_create_responses": "lots",
         "fail_next": {"route": "upload", "n": 1},
         "slow_downloads": -5,
+        "size_drift": {"n": 1, "dx": 1000},
+        "corrupt_outputs": {"n": 1, "kind": "gif"},
     })
 
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/problem+json"
     detail = answer.json()["detail"]
     assert detail.startswith("Nothing was changed")
-    for field in ("drop_create_responses:", "fail_next.route:", "slow_downloads:"):
+    for field in ("drop_create_responses:", "fail_next.route:", "slow_downloads:",
+                  "size_drift.dx:", "corrupt_outputs.kind:"):
         assert field in detail
     assert "rate_limit_creates" not in detail
     assert admin.get("/faults").json() == before
@@ -191,6 +223,15 @@ def test_partly_invalid_config_changes_nothing(seedream_sandbox, admin):
     ({"interrupt_predictions": {"n": 1, "eror": "x"}}, "unknown argument 'eror'"),
     ({"rate_limit_creates": {"n": True}}, "rate_limit_creates.n: must be a whole number"),
     ({"clear": 1}, "clear: must be an object"),
+    ({"size_drift": 16}, "size_drift: must be a list of [dx, dy] pairs"),
+    ({"size_drift": [[16]]}, "size_drift[0]: must be a [dx, dy] pair"),
+    ({"size_drift": [[16, "0"]]}, "size_drift[0].dy: must be a whole number of pixels"),
+    ({"size_drift": {"n": 1, "dx": 1.5}}, "size_drift.dx: must be a whole number of pixels"),
+    ({"size_drift": {"n": -1}}, "size_drift.n: must be a whole number >= 0"),
+    ({"size_drift": {"dx": 16}}, "size_drift.n: required"),
+    ({"corrupt_outputs": "html"}, "corrupt_outputs: must be a list of kinds"),
+    ({"corrupt_outputs": ["png"]}, "corrupt_outputs[0]: unknown kind 'png'"),
+    ({"corrupt_outputs": {"n": 1, "kind": "gif"}}, "corrupt_outputs.kind: unknown kind 'gif'"),
 ])
 def test_refusals_name_the_field(admin, body, field):
     answer = admin.post("/faults", json=body)
@@ -215,7 +256,7 @@ def _documented_examples() -> list[dict]:
 
 
 def test_documented_examples_do_what_they_say(seedream_sandbox, seedream_client, admin):
-    throttle, drop, share, clear = _documented_examples()
+    throttle, drop, share, outputs, clear = _documented_examples()
     fresh = admin.get("/faults").json()
 
     state = admin.post("/faults", json=throttle).json()
@@ -244,7 +285,30 @@ def test_documented_examples_do_what_they_say(seedream_sandbox, seedream_client,
     assert state["error_share"] == {"share": 0.2, "status": 500, "routes": ["get", "list"]}
     assert state["slow_downloads"] == 50000
 
+    admin.post("/faults", json={"clear": {}})
+    state = admin.post("/faults", json=outputs).json()
+    assert state["size_drift"] == [[16, 0]]
+    assert state["corrupt_outputs"] == ["truncated", "truncated"]
+    wide = {**TEXT, "aspect_ratio": "16:9", "size": "2K"}
+    drifted, cut, whole = (seedream_client.models.predictions.create(
+        model=MODEL, input=wide, wait=True) for _ in range(3))
+    for prediction in (drifted, cut):
+        data = httpx.get(prediction.output[0]).content
+        with pytest.raises(OSError, match="truncated"):
+            Image.open(io.BytesIO(data)).load()
+    assert Image.open(io.BytesIO(httpx.get(drifted.output[0]).content)).size == (2576, 1440)
+    image = Image.open(io.BytesIO(httpx.get(whole.output[0]).content))
+    image.load()
+    assert image.size == (2560, 1440)
+
     assert admin.post("/faults", json=clear).json() == fresh
+
+
+def test_readme_curl_bodies_are_the_documented_examples():
+    bodies = [json.loads(body) for body in re.findall(r"^curl -d '(.*)' \$S$", README.read_text(),
+                                                       re.M)]
+
+    assert bodies == _documented_examples()
 
 
 def test_python_handle_starts_on_a_free_port_and_stops():

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import io
+
 import httpx
 import pytest
+from PIL import Image, UnidentifiedImageError
 from replicate.exceptions import ReplicateError
 
 from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
@@ -19,9 +22,16 @@ from prefect_seedream.sandbox.pytest_plugin import (  # noqa: F401
 
 MODEL = "bytedance/seedream-4"
 TEXT = {"prompt": "a red fox in snow", "aspect_ratio": "1:1", "size": "1K"}
+WIDE = {"prompt": "a harbour at dusk", "aspect_ratio": "16:9", "size": "2K"}  # table: 2560x1440
 PA = "Prediction interrupted; please retry (code: PA)"
 E005 = ("The input or output was flagged as sensitive. Please try again with different inputs. "
         "(E005)")
+
+
+def _image(content: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(content))
+    image.load()
+    return image
 
 
 @pytest.fixture
@@ -146,6 +156,102 @@ def test_interrupted_predictions_fail_with_the_message(seedream_sandbox, seedrea
     assert ok.status == "succeeded"
 
 
+@pytest.mark.parametrize(("dx", "dy", "size"), [
+    (16, 0, (2576, 1440)),  # as seen on Replicate for 2K 16:9
+    (-16, 8, (2544, 1448)),
+])
+def test_size_drift_renders_valid_jpegs_off_the_size_table(seedream_sandbox, seedream_client,
+                                                           dx, dy, size):
+    seedream_sandbox.faults.size_drift(1, dx=dx, dy=dy)
+
+    drifted = seedream_client.models.predictions.create(model=MODEL, input=WIDE, wait=True)
+    normal = seedream_client.models.predictions.create(model=MODEL, input=WIDE, wait=True)
+
+    image = _image(httpx.get(drifted.output[0]).content)
+    assert (image.format, image.size) == ("JPEG", size)
+    assert f"Generating {size[0]}x{size[1]} image" in drifted.logs
+    assert _image(httpx.get(normal.output[0]).content).size == (2560, 1440)
+    assert seedream_sandbox.counters()["faults_injected"] == 1
+
+
+def test_size_drift_applies_to_every_output_of_the_next_n_predictions(seedream_sandbox,
+                                                                     seedream_client):
+    seedream_sandbox.faults.size_drift(2)
+    several = {**TEXT, "sequential_image_generation": "auto", "max_images": 2}
+
+    sizes = []
+    for _ in range(3):
+        prediction = seedream_client.models.predictions.create(model=MODEL, input=several,
+                                                               wait=True)
+        sizes.append([_image(httpx.get(url).content).size for url in prediction.output])
+
+    assert sizes == [[(1040, 1024)] * 2, [(1040, 1024)] * 2, [(1024, 1024)] * 2]
+
+
+def test_corrupt_html_output_is_an_error_page_served_as_jpeg(seedream_sandbox, seedream_client):
+    seedream_sandbox.faults.corrupt_outputs(1, "html")
+
+    corrupt = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
+    normal = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
+    response = httpx.get(corrupt.output[0])
+
+    assert corrupt.status == "succeeded"
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.content.startswith(b"<!DOCTYPE html>")
+    assert b"</html>" in response.content
+    with pytest.raises(UnidentifiedImageError):
+        _image(response.content)
+    assert _image(httpx.get(normal.output[0]).content).size == (1024, 1024)
+    assert seedream_sandbox.counters()["faults_injected"] == 1
+
+
+def test_corrupt_truncated_output_stays_truncated_on_every_download(seedream_sandbox,
+                                                                   seedream_client):
+    seedream_sandbox.faults.corrupt_outputs(1, kind="truncated")
+
+    corrupt = seedream_client.models.predictions.create(model=MODEL, input=WIDE, wait=True)
+    normal = seedream_client.models.predictions.create(model=MODEL, input=WIDE, wait=True)
+    first, second = (httpx.get(corrupt.output[0]) for _ in range(2))
+    whole = httpx.get(normal.output[0]).content
+
+    assert first.headers["content-type"] == "image/jpeg"
+    assert first.content == second.content
+    assert first.content.startswith(b"\xff\xd8\xff")  # a JPEG's start...
+    assert not first.content.endswith(b"\xff\xd9")  # ...without its end
+    assert len(first.content) < len(whole) * 3 // 4
+    with pytest.raises(OSError, match="truncated"):
+        _image(first.content)
+    assert (Image.open(io.BytesIO(first.content)).size, _image(whole).size) == \
+        ((2560, 1440), (2560, 1440))  # the header still says what the table says
+
+
+def test_output_faults_wait_for_a_prediction_that_has_outputs(seedream_sandbox,
+                                                              seedream_client):
+    faults = seedream_sandbox.faults
+    faults.interrupt_predictions(1)
+    faults.size_drift(1, dx=32)
+    faults.corrupt_outputs(1)
+
+    failed = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
+    spoiled = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
+
+    assert (failed.status, failed.output) == ("failed", None)
+    assert "Generating 1056x1024 image" in spoiled.logs
+    assert httpx.get(spoiled.output[0]).content.startswith(b"<!DOCTYPE html>")
+    assert faults.state()["size_drift"] == faults.state()["corrupt_outputs"] == []
+    assert seedream_sandbox.counters()["faults_injected"] == 3
+
+
+def test_corrupt_outputs_reach_sync_mode_data_uris(seedream_sandbox, seedream_client):
+    seedream_sandbox.configure(sync_data_uri_outputs=True)
+    seedream_sandbox.faults.corrupt_outputs(1)
+
+    output = seedream_client.run(MODEL, input=TEXT)
+
+    assert output[0].read().startswith(b"<!DOCTYPE html>")
+
+
 def test_slow_downloads_trip_client_read_timeouts(seedream_sandbox, seedream_client):
     prediction = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
     seedream_sandbox.faults.slow_downloads(1000)
@@ -177,13 +283,17 @@ def test_clear_turns_every_fault_off(seedream_sandbox, seedream_client):
     faults.error_share(1.0)
     faults.drop_create_responses(5)
     faults.interrupt_predictions(5)
+    faults.size_drift(5)
+    faults.corrupt_outputs(5, kind="truncated")
     faults.slow_downloads(10)
 
     faults.clear()
     prediction = seedream_client.models.predictions.create(model=MODEL, input=TEXT, wait=True)
 
     assert prediction.status == "succeeded"
-    assert httpx.get(prediction.output[0]).status_code == 200
+    response = httpx.get(prediction.output[0])
+    assert response.status_code == 200
+    assert _image(response.content).size == (1024, 1024)
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -191,6 +301,9 @@ def test_clear_turns_every_fault_off(seedream_sandbox, seedream_client):
     (lambda f: f.fail_next("get", 1, status=200), "not an error status"),
     (lambda f: f.error_share(1.5), "share"),
     (lambda f: f.slow_downloads(0), "bytes_per_second"),
+    (lambda f: f.size_drift(1, dx=513), "dx must be a whole number of pixels within -512..512"),
+    (lambda f: f.size_drift(1, dy=1.5), "dy must be a whole number"),
+    (lambda f: f.corrupt_outputs(1, kind="gif"), "unknown kind 'gif'; use one of html, truncated"),
 ])
 def test_bad_fault_settings_are_refused(seedream_sandbox, call, message):
     with pytest.raises(ValueError, match=message):
@@ -201,14 +314,23 @@ def test_update_calls_queue_after_earlier_faults_and_shown_states_replace_them(s
     faults = seedream_sandbox.faults
     faults.fail_next("get", 1)
     faults.interrupt_predictions(1)
+    faults.size_drift(1)
+    faults.corrupt_outputs(1)
 
     faults.update({"fail_next": {"route": "get", "n": 2, "status": 500},
-                   "interrupt_predictions": {"n": 1, "error": "E005"}})
+                   "interrupt_predictions": {"n": 1, "error": "E005"},
+                   "size_drift": {"n": 2, "dy": -8},
+                   "corrupt_outputs": {"n": 1, "kind": "truncated"}})
     queued = faults.state()
-    faults.update({"fail_next": {"create": [[502, 1]]}, "interrupt_predictions": []})
+    faults.update({"fail_next": {"create": [[502, 1]]}, "interrupt_predictions": [],
+                   "size_drift": [[0, 16]], "corrupt_outputs": []})
 
     assert queued["fail_next"] == {"get": [[503, 1], [500, 2]]}
     assert queued["interrupt_predictions"] == ["Prediction interrupted; please retry (code: PA)",
                                                "E005"]
+    assert queued["size_drift"] == [[16, 0], [16, -8], [16, -8]]
+    assert queued["corrupt_outputs"] == ["html", "truncated"]
     assert faults.state()["fail_next"] == {"create": [[502, 1]]}
     assert faults.state()["interrupt_predictions"] == []
+    assert faults.state()["size_drift"] == [[0, 16]]
+    assert faults.state()["corrupt_outputs"] == []
