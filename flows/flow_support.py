@@ -3,7 +3,7 @@ any money is spent. Blocking calls here are run in a worker thread by the async 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -43,10 +43,19 @@ def check_bucket(destination: S3Destination) -> None:
         ) from exc
 
 
+class PreparedEdit(NamedTuple):
+    """An edit ready to create: the request this attempt sends, what its sources are (the
+    same on every attempt, for the prediction ledger) and the output size to expect."""
+
+    request: SeedreamInput
+    sources: list[str]
+    expected_size: tuple[int, int] | None
+
+
 def prepare_edit(
     instruction: str, images: list[str], destination: S3Destination, *, timeout_seconds: float,
     **options: Any,
-) -> tuple[SeedreamInput, tuple[int, int] | None]:
+) -> PreparedEdit:
     """Presign the sources, build the request and work out the output size to expect.
 
     Raises:
@@ -55,12 +64,13 @@ def prepare_edit(
     if not images:
         raise InvalidInput("edit_image needs at least one image in `images` (s3:// URIs or "
                            "https URLs); to make an image from text alone, use generate_images.")
-    urls = presign_sources(images, destination, expires_in=int(timeout_seconds) + 900)
-    request = build_request(instruction, image_input=urls, **options)
+    sources = presign_sources(images, destination, expires_in=int(timeout_seconds) + 900)
+    request = build_request(instruction, image_input=sources.urls, **options)
     try:
-        return request, output_dimensions(request, first_image_size(urls[0]))
+        expected = output_dimensions(request, first_image_size(sources.urls[0]))
     except ValueError:
-        return request, None  # the source's size could not be read; the output is still checked
+        expected = None  # the source's size could not be read; the output is still checked
+    return PreparedEdit(request, sources.identities, expected)
 
 
 def worth_another_prediction(exc: PredictionFailed, attempt: int, retries: int) -> bool:

@@ -42,13 +42,18 @@ def run_prediction(
     timeout_seconds: float,
     expected_size: tuple[int, int] | None,
     title: str,
+    sources: list[str] | None = None,
 ) -> list[StoredImage]:
-    """Create, await and store one prediction; the shared body of both flows."""
+    """Create, await and store one prediction; the shared body of both flows.
+
+    `sources` names the request's images by what they are (see `prepare_edit`), so a retry
+    that presigns them again re-attaches to the prediction already paid for.
+    """
     settings = get_settings()
     started = time.monotonic()
     for attempt in range(settings.interrupted_retries + 1):
         prediction = create_prediction(
-            request, credentials=credentials,
+            request, credentials=credentials, sources=sources,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -140,7 +145,9 @@ def edit_image(
 ) -> list[StoredImage]:
     """Apply `instruction` to `images` (s3:// URIs or https URLs) and store the results in S3.
 
-    S3 sources are sent to Replicate as short-lived presigned URLs, never as big data URIs.
+    S3 sources are sent to Replicate as short-lived presigned URLs, never as big data URIs;
+    the prediction is remembered by each source's URI and ETag, so a retry (which presigns
+    again) re-attaches to it instead of paying twice.
 
     Example:
         ```python
@@ -150,7 +157,7 @@ def edit_image(
         ```
     """
     target = resolve_destination(destination)
-    request, expected = prepare_edit(
+    edit = prepare_edit(
         instruction, images, target, timeout_seconds=timeout_seconds, size=size,
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
@@ -158,6 +165,7 @@ def edit_image(
     resolve_credentials(credentials)
     check_bucket(target)
     return run_prediction(
-        request, credentials=credentials, destination=target, key_prefix=key_prefix,
-        timeout_seconds=timeout_seconds, expected_size=expected, title=f"Edited: {instruction}",
+        edit.request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
+        title=f"Edited: {instruction}", sources=edit.sources,
     )

@@ -51,13 +51,14 @@ async def arun_prediction(
     timeout_seconds: float,
     expected_size: tuple[int, int] | None,
     title: str,
+    sources: list[str] | None = None,
 ) -> list[StoredImage]:
     """Create, await and store one prediction without blocking the loop."""
     settings = get_settings()
     started = time.monotonic()
     for attempt in range(settings.interrupted_retries + 1):
         prediction = await acreate_prediction(
-            request, credentials=credentials,
+            request, credentials=credentials, sources=sources,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -157,13 +158,14 @@ async def aedit_image(
 ) -> list[StoredImage]:
     """Async `edit_image`: same arguments, same guarantees."""
     target = await to_thread.run_sync(resolve_destination, destination)
-    request, expected = await to_thread.run_sync(functools.partial(
+    edit = await to_thread.run_sync(functools.partial(
         prepare_edit, instruction, images, target, timeout_seconds=timeout_seconds, size=size,
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
     ))
     target = await _target(credentials, target)
     return await arun_prediction(
-        request, credentials=credentials, destination=target, key_prefix=key_prefix,
-        timeout_seconds=timeout_seconds, expected_size=expected, title=f"Edited: {instruction}",
+        edit.request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
+        title=f"Edited: {instruction}", sources=edit.sources,
     )

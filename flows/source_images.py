@@ -1,7 +1,13 @@
-"""Preparing edit sources: s3:// URIs become short-lived presigned URLs, checked before paying."""
+"""Preparing edit sources: s3:// URIs become short-lived presigned URLs, checked before paying.
+
+Each attempt presigns afresh, so what is sent differs from one attempt to the next; what each
+source *is* (`prediction_ledger.source_identity`: an S3 object by its URI and ETag, read with the
+same HEAD that checks it exists) does not, and names the request in the prediction ledger.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -9,6 +15,7 @@ from PIL import ImageFile
 
 from prefect_seedream.blocks.s3_destination import parse_s3_uri
 from prefect_seedream.tasks.errors import InvalidInput
+from prefect_seedream.tasks.prediction_ledger import source_identity
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
@@ -16,14 +23,31 @@ if TYPE_CHECKING:
 _HEADER_BYTES = 256 * 1024
 
 
-def presign_sources(images: list[str], destination: S3Destination, *, expires_in: int) -> list[str]:
+@dataclass(frozen=True)
+class PresignedSources:
+    """Edit sources ready for one attempt.
+
+    Attributes:
+        urls: What is sent as `image_input`: presigned URLs for `s3://` sources (never log
+            them), others as given.
+        identities: What each source is, the same on every attempt (`source_identity`); pass
+            them as `create_prediction(sources=...)`.
+    """
+
+    urls: list[str]
+    identities: list[str]
+
+
+def presign_sources(
+    images: list[str], destination: S3Destination, *, expires_in: int
+) -> PresignedSources:
     """Presign every `s3://` source (after checking it exists); pass http(s) URLs through.
 
     Raises `InvalidInput` naming the source when an object is missing or a value is neither.
     """
     if isinstance(images, str):
         raise InvalidInput("images must be a list of s3:// URIs or https URLs, not one string")
-    urls = []
+    urls, identities = [], []
     client = destination.get_client()
     for i, source in enumerate(images):
         if source.startswith("s3://"):
@@ -32,18 +56,20 @@ def presign_sources(images: list[str], destination: S3Destination, *, expires_in
             except ValueError as exc:
                 raise InvalidInput(f"images[{i}]: {exc}") from exc
             try:
-                client.head_object(Bucket=bucket, Key=key)
+                head = client.head_object(Bucket=bucket, Key=key)
             except Exception as exc:
                 raise InvalidInput(
                     f"images[{i}]: cannot read {source} ({type(exc).__name__}); "
                     "check the URI and that the destination's credentials can read it"
                 ) from exc
             urls.append(destination.presign_get(source, expires_in=expires_in))
+            identities.append(source_identity(source, head.get("ETag")))
         elif source.startswith(("https://", "http://")):
             urls.append(source)
+            identities.append(source_identity(source))
         else:
             raise InvalidInput(f"images[{i}] must be an s3:// URI or an https URL")
-    return urls
+    return PresignedSources(urls, identities)
 
 
 def first_image_size(url: str) -> tuple[int, int]:

@@ -1,10 +1,12 @@
 """Where a flow run remembers the predictions it paid for, so nothing is paid twice or left running.
 
 Each prediction a flow run creates is written to a Prefect Variable the moment its id is known:
-`seedream-{flow_run_id}-{request_key}` -> `{"prediction_id": ..., "status": ...}`. A task retry, a
-flow retry or a re-run of a crashed flow run finds it and re-attaches instead of creating again;
-the flow's cancellation and crash hooks (which run in another process) read it to cancel what is
-still running. Outside a flow run there is nothing to key on, so nothing is written.
+`seedream-{flow_run_id}-{request_key}` -> `{"prediction_id": ..., "status": ...}`. The key names
+the request by what was asked for (`request_identity`: an S3 source by its URI and ETag, never by
+the presigned URL an attempt sends), so a task retry, a flow retry or a re-run of a crashed flow
+run finds it and re-attaches instead of creating again; the flow's cancellation and crash hooks
+(which run in another process) read it to cancel what is still running. Outside a flow run
+there is nothing to key on, so nothing is written.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,12 +26,76 @@ logger = logging.getLogger("prefect_seedream.ledger")
 PREFIX = "seedream-"
 
 
-def request_key(model: str, input: dict[str, Any], idempotency_key: str | None = None) -> str:
-    """A stable hash of one logical request (model + normalised input, or the caller's key)."""
-    basis = idempotency_key if idempotency_key is not None else json.dumps(
-        {"model": model, "input": input}, sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(basis.encode()).hexdigest()[:24]
+def source_identity(source: str, etag: str | None = None) -> str:
+    """What an image source is, the same on every attempt: never a presigned URL.
+
+    An `s3://bucket/key` URI is named with its ETag (`s3://bucket/key#<etag>`), so a new
+    version of the object is a new source; an http(s) URL is named as given; a `data:` URI by
+    the SHA-256 of its text (`sha256:<hex>`).
+
+    Example:
+        ```python
+        from prefect_seedream.tasks.prediction_ledger import source_identity
+
+        assert source_identity("s3://photos/beach.jpg", '"9b2cf5"') == "s3://photos/beach.jpg#9b2cf5"
+        ```
+    """
+    if source.startswith("s3://"):
+        version = (etag or "").strip('"')
+        return f"{source}#{version}" if version else source
+    if source.startswith("data:"):
+        return "sha256:" + hashlib.sha256(source.encode()).hexdigest()
+    return source
+
+
+def request_identity(
+    model: str, input: Mapping[str, Any], sources: Sequence[str] | None = None
+) -> str:
+    """The SHA-256 (64 hex chars) of one logical request: what was asked for, not what was sent.
+
+    The basis is the model and the normalised input, with `image_input` replaced by `sources`
+    when given: one name per image, in order (`source_identity` for a flow's sources, content
+    digests for a batch's), so a URL presigned afresh by each attempt does not make it a new
+    request. Without `sources`, the input itself is the identity.
+
+    Raises:
+        ValueError: `sources` does not name exactly the images in `input["image_input"]`.
+
+    Example:
+        ```python
+        from prefect_seedream.tasks.prediction_ledger import request_identity
+
+        first = {"prompt": "dusk", "image_input": ["https://s3.example/a.jpg?X-Amz-Signature=1"]}
+        retry = {"prompt": "dusk", "image_input": ["https://s3.example/a.jpg?X-Amz-Signature=2"]}
+        assert (request_identity("m", first, ["s3://photos/a.jpg#9b2c"])
+                == request_identity("m", retry, ["s3://photos/a.jpg#9b2c"]))
+        ```
+    """
+    body = dict(input)
+    if sources is not None:
+        images = body.get("image_input") or []
+        if len(sources) != len(images):
+            raise ValueError(f"sources names {len(sources)} image(s) but image_input holds "
+                             f"{len(images)}; pass one source per image, in order")
+        if sources:
+            body["image_input"] = list(sources)
+    basis = json.dumps({"model": model, "input": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def request_key(
+    model: str, input: Mapping[str, Any], idempotency_key: str | None = None,
+    sources: Sequence[str] | None = None,
+) -> str:
+    """The ledger's key for one logical request: its `request_identity`, or the caller's key.
+
+    Raises:
+        ValueError: `sources` does not name exactly the images in the input.
+    """
+    identity = request_identity(model, input, sources)
+    if idempotency_key is not None:
+        return hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+    return identity[:24]
 
 
 def entry_name(flow_run_id: str, key: str) -> str:

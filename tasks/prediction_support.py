@@ -3,6 +3,7 @@ progress logging and outcome mapping. No I/O of its own beyond resolving credent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -118,17 +119,24 @@ def plan_create(
     wait_seconds: int | None,
     cancel_after: float | None,
     idempotency_key: str | None,
+    sources: Sequence[str] | None = None,
 ) -> CreatePlan:
-    """Validate, resolve credentials and name the ledger entry; raises before any request."""
+    """Validate, resolve credentials and name the ledger entry; raises before any request.
+
+    The entry is named by the request's identity (`ledger.request_key`): `sources`, when given,
+    name the images in place of the URLs sent, which may differ on every attempt. The body
+    sent, and so the reconciliation of a lost create, is this attempt's own.
+    """
     request = validate_input(input)
     settings = get_settings()
-    api = replicate_api(credentials)
     body = request.to_request()
+    try:
+        key = ledger.request_key(settings.model, body, idempotency_key, sources)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid sources: {exc}") from exc
+    api = replicate_api(credentials)
     flow_run_id = ledger.current_flow_run_id()
-    entry = None
-    if flow_run_id:
-        entry = ledger.entry_name(flow_run_id,
-                                  ledger.request_key(settings.model, body, idempotency_key))
+    entry = ledger.entry_name(flow_run_id, key) if flow_run_id else None
     if cancel_after is None:
         cancel_after = settings.timeout_seconds + settings.cancel_after_margin_seconds
     options = {

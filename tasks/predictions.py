@@ -40,13 +40,15 @@ def create_prediction(
     wait_seconds: int | None = None,
     cancel_after: float | None = None,
     idempotency_key: str | None = None,
+    sources: list[str] | None = None,
 ) -> Prediction:
     """Create a prediction and return it (id, status, urls, ...).
 
     Input is validated before anything is sent. Inside a flow run the prediction id is written to
-    the prediction ledger as soon as it is known, and a retry of this task or of the flow run
-    re-attaches to it instead of paying again. 429s are retried as Replicate asks; a create whose
-    answer was lost is found again in the list of recent predictions.
+    the prediction ledger as soon as it is known, under the request's identity (model, input and
+    `sources`), and a retry of this task or of the flow run asking for the same re-attaches to it
+    instead of paying again. 429s are retried as Replicate asks; a create whose answer was lost
+    is found again in the list of recent predictions, by the input this attempt sent.
 
     Args:
         input: A `SeedreamInput` or a dict of its fields.
@@ -58,6 +60,10 @@ def create_prediction(
         cancel_after: Server-side deadline in seconds (`Cancel-After`); None uses the settings'
             timeout plus margin, 0 sends none.
         idempotency_key: Tells deliberate repeats of the same input within a flow run apart.
+        sources: What each `image_input` entry is, in order, when the URL sent changes from one
+            attempt to the next (a presigned URL): e.g. `source_identity("s3://b/k.jpg", etag)`.
+            The ledger then names the request by these, so a retry that presigns again still
+            re-attaches. None: the input itself names the request.
 
     Example:
         ```python
@@ -73,6 +79,7 @@ def create_prediction(
     plan = plan_create(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
+        sources=sources,
     )
     saved = ledger.recall(plan.entry) if plan.entry else None
     if saved and (earlier := plan.reattached(plan.api.run(plan.reattach(saved)))):

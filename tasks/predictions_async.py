@@ -57,11 +57,13 @@ async def acreate_prediction(
     wait_seconds: int | None = None,
     cancel_after: float | None = None,
     idempotency_key: str | None = None,
+    sources: list[str] | None = None,
 ) -> Prediction:
     """Async `create_prediction`: same arguments, same guarantees."""
     plan = await to_thread.run_sync(lambda: plan_create(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
+        sources=sources,
     ))
     saved = await to_thread.run_sync(ledger.recall, plan.entry) if plan.entry else None
     if saved and (earlier := plan.reattached(await plan.api.arun(plan.reattach(saved)))):

@@ -23,6 +23,7 @@ from prefect_seedream import (
     generate_images,
 )
 from prefect_seedream.blocks import ReplicateCredentials, S3Destination
+from prefect_seedream.tasks.storage import DEFAULT_RETRY_DELAYS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -30,10 +31,18 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 class Flows:
     """The image flows, called the sync way, or their async twins awaited in a user's flow."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, retries: int | None = None) -> None:
         self.mode = mode
+        self.retries = retries
+
+    def retried(self, retries: int) -> Flows:
+        """The same flows, run with Prefect's `retries` (`with_options(retries=...)`)."""
+        return Flows(self.mode, retries)
 
     def _run(self, sync_flow: Any, async_task: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.retries is not None:
+            sync_flow = sync_flow.with_options(retries=self.retries)
+            async_task = async_task.with_options(retries=self.retries)
         if self.mode == "sync":
             return sync_flow(*args, **kwargs)
         return_state = kwargs.pop("return_state", False)
@@ -137,6 +146,36 @@ def test_edit_image_from_an_s3_source(
     assert abs(width / height - 1.5) < 0.02  # match_input_image kept the source's ratio
     sent = seedream_sandbox.prediction(images[0].prediction_id)["input"]["image_input"][0]
     assert sent.startswith(destination.endpoint_url) and "inputs/beach.jpg" in sent
+
+
+def test_a_retried_edit_reattaches_to_the_prediction_its_first_attempt_paid_for(
+    run: Flows, credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
+    seedream_sandbox: Any, record_outcome: Any,
+) -> None:
+    """Every attempt presigns the S3 source again, so the URL sent differs; the retry still
+    finds the first attempt's prediction in the ledger and stores its images."""
+    source = io.BytesIO()
+    Image.new("RGB", (1200, 1200), (200, 90, 40)).save(source, format="JPEG")
+    s3_client.put_object(Bucket=destination.bucket, Key="inputs/src.jpg", Body=source.getvalue())
+    # Every try of the first attempt's download fails; the retry's downloads work.
+    seedream_sandbox.faults.fail_next("files", len(DEFAULT_RETRY_DELAYS) + 1, status=503)
+
+    images = run.retried(1).edit(
+        "make it autumn", [f"s3://{destination.bucket}/inputs/src.jpg"], size="1K",
+        credentials=credentials, destination=destination,
+    )
+
+    made = seedream_sandbox.predictions()
+    assert [p["id"] for p in made] == [images[0].prediction_id]
+    assert made[0]["status"] == "succeeded"
+    data, obj = read_object(s3_client, images[0].bucket, images[0].key)
+    assert hashlib.sha256(data).hexdigest() == images[0].sha256
+    assert obj["Metadata"]["prediction-id"] == made[0]["id"]
+    running = [p for p in made if p["status"] in ("starting", "processing")]
+    record_outcome(f"edit retried after its output downloads failed ({run.mode})",
+                   "the retry re-attaches through the ledger (source named by URI + ETag, not "
+                   "its presigned URL) and stores the first prediction's images",
+                   created=len(made), left_running=len(running))
 
 
 @pytest.mark.parametrize(

@@ -354,6 +354,56 @@ def test_rerun_after_dying_inside_a_sync_create_reattaches(
                    created=len(made(seedream_sandbox)), left_running=0)
 
 
+def test_rerun_after_dying_inside_a_sync_edit_create_reattaches_despite_a_new_presign(
+    credentials: ReplicateCredentials, seedream_sandbox: Any, s3_client: Any, bucket: str,
+    record_outcome: Any,
+) -> None:
+    """The rerun presigns its S3 source again: its ledger key (source by URI + ETag) still
+    finds the pending entry, and the lost create is found by the input the rerun sends."""
+    import io
+
+    import replicate
+    from PIL import Image
+
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
+    from prefect_seedream.tasks.seedream_input import MODEL_SLUG
+
+    image = io.BytesIO()
+    Image.new("RGB", (800, 600), (90, 140, 60)).save(image, format="JPEG")
+    s3_client.put_object(Bucket=bucket, Key="inputs/field.jpg", Body=image.getvalue())
+    etag = s3_client.head_object(Bucket=bucket, Key="inputs/field.jpg")["ETag"]
+    sources = [ledger.source_identity(f"s3://{bucket}/inputs/field.jpg", etag)]
+    first, rerun = (
+        SeedreamInput(prompt="add a scarecrow", size="1K", image_input=[
+            s3_client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": "inputs/field.jpg"},
+                ExpiresIn=expires)])
+        for expires in (900, 1200)
+    )
+    assert first.image_input != rerun.image_input
+
+    @flow
+    def rerun_of_a_crashed_edit() -> str:
+        body = first.to_request()
+        flow_run_id = ledger.current_flow_run_id()
+        assert flow_run_id
+        entry = ledger.entry_name(flow_run_id, ledger.request_key(MODEL_SLUG, body, None, sources))
+        ledger.remember_pending(entry, utcnow(), MODEL_SLUG, body)
+        client = replicate.Client(api_token=seedream_sandbox.api_token,
+                                  base_url=seedream_sandbox.base_url)
+        client.models.predictions.create(model=MODEL_SLUG, input=body)
+        created = create_prediction(rerun, credentials=credentials, wait_seconds=30,
+                                    sources=sources)
+        return str(created.id)
+
+    reattached = rerun_of_a_crashed_edit()
+    assert [p["id"] for p in made(seedream_sandbox)] == [reattached]
+    record_outcome("process died inside a sync-mode edit create; the rerun presigns again",
+                   "pending entry found by the source's URI + ETag; the prediction reused",
+                   created=len(made(seedream_sandbox)), left_running=0)
+
+
 def test_interrupted_sync_create_cancels_what_it_made(
     credentials: ReplicateCredentials, seedream_sandbox: Any,
 ) -> None:

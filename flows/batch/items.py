@@ -184,7 +184,9 @@ def _create_once(request: Any, control: BatchControl, key: str) -> Prediction:
     The per-flow-run prediction ledger (Prefect Variables) costs several API writes and a
     filter per prediction, which at 16 in flight dominated a batch's run time; the batch keeps
     the same facts in S3 instead (`batch/_running/{flow_run_id}/{item_key}.json`, one PUT and
-    one DELETE), read by its cancellation and crash hook.
+    one DELETE), read by its cancellation and crash hook. Both are keyed by the item key, the
+    request's identity with its sources named by content, so the URLs this attempt presigned
+    play no part in finding what an earlier attempt or run paid for.
     """
     margin = get_settings().cancel_after_margin_seconds
     plan = plan_create(request, control.credentials, webhook=None, webhook_events_filter=None,
@@ -238,7 +240,7 @@ def _request(item: BatchItem, control: BatchControl) -> tuple[Any, tuple[int, in
         request = item.request()
         return request, output_dimensions(request)
     urls = presign_sources(list(item.images), control.destination,
-                           expires_in=int(control.timeout_seconds) + 900)
+                           expires_in=int(control.timeout_seconds) + 900).urls
     request = item.request(urls)
     try:
         return request, output_dimensions(request, first_image_size(urls[0]))

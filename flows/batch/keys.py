@@ -1,10 +1,11 @@
 """Keys and records: what makes a batch resumable, what it keeps in S3, how it finds it again.
 
-The item key is a hash of the model and the normalised Seedream input, with each source image
-replaced by the SHA-256 of its bytes (so a re-signed URL or a renamed copy does not count as new,
-and a changed source does). Source digests: an `s3://` source uses the object's full-object
-`ChecksumSHA256` when S3 has one (objects this plugin stores always do), else its bytes are
-streamed and hashed; an https source is streamed and hashed. Never held whole in memory.
+The item key is the request identity the prediction ledger uses (`request_identity`: model and
+normalised Seedream input), with each source image named by the SHA-256 of its bytes (so a
+re-signed URL or a renamed copy does not count as new, and a changed source does). Source
+digests: an `s3://` source uses the object's full-object `ChecksumSHA256` when S3 has one
+(objects this plugin stores always do), else its bytes are streamed and hashed; an https source
+is streamed and hashed. Never held whole in memory.
 
 Layout under the key prefix:
 
@@ -32,6 +33,7 @@ import httpx
 
 from prefect_seedream.blocks.s3_destination import join_key_parts, parse_s3_uri
 from prefect_seedream.flows.batch.manifest import BatchItem, ManifestInvalid
+from prefect_seedream.tasks.prediction_ledger import request_identity
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
@@ -41,7 +43,8 @@ _CHUNK = 1024 * 1024
 
 
 def item_key(model: str, item: BatchItem, source_digests: Mapping[str, str]) -> str:
-    """The item's resumability key: 32 hex chars of SHA-256 over model + normalised input.
+    """The item's resumability key: its request identity (`prediction_ledger.request_identity`,
+    sources named by the SHA-256 of their bytes), cut to 32 hex chars.
 
     Example:
         ```python
@@ -53,13 +56,11 @@ def item_key(model: str, item: BatchItem, source_digests: Mapping[str, str]) -> 
         assert item_key("m", a, {}) == item_key("m", b, {})  # the id is not part of the input
         ```
     """
-    body = item.request().to_request() if item.kind == "generate" else (
-        item.request([f"https://source.invalid/{i}" for i in range(len(item.images))]).to_request()
-    )
-    if item.kind == "edit":
-        body["image_input"] = [source_digests[source] for source in item.images]
-    basis = json.dumps({"model": model, "input": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(basis.encode()).hexdigest()[:32]
+    if item.kind == "generate":
+        return request_identity(model, item.request().to_request())[:32]
+    placeholders = [f"https://source.invalid/{i}" for i in range(len(item.images))]
+    digests = [source_digests[source] for source in item.images]
+    return request_identity(model, item.request(placeholders).to_request(), digests)[:32]
 
 
 def item_prefix(prefix: str, key: str) -> str:
