@@ -114,8 +114,7 @@ async def agenerate_images(
     Example:
         ```python
         import asyncio
-        from prefect import task
-from prefect.cache_policies import NO_CACHE
+        from prefect import flow
         from prefect_seedream import agenerate_images
 
         @flow
