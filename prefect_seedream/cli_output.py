@@ -122,7 +122,7 @@ def explain(exc: BaseException, ctx: Context) -> tuple[str, str]:
     hints: list[tuple[type[BaseException], str]] = [
         (errors.StorageFailed, rest or _storage_hint(ctx)),
         (errors.PredictionTimedOut,
-         f"it was cancelled so it stops billing; raise --timeout (now {timeout} s) for long runs"),
+         f"raise --timeout (now {timeout} s) for long runs"),
         (errors.PredictionAborted, f"raise --timeout (now {timeout} s) if Replicate is queueing"),
         (errors.PredictionFailed, "change the prompt or the images and run again (a failed "
          f"prediction is not retried: it may be billed); details at {_PAGE}{exc.prediction_id}"),

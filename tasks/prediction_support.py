@@ -186,27 +186,32 @@ class WaitPlan:
         try:
             final: Prediction = self.api.run(self.wait, on_update=self.progress,
                                              on_note=self.progress.log.info)
-        except BaseException:
+        except BaseException as stopped:
             try:
-                self.cancelled(self.api.run(self.cancel()))
+                self.cancelled(self.api.run(self.cancel()), stopped)
             except Exception as exc:
-                self.cancel_failed(exc)
+                self.cancel_failed(exc, stopped)
             raise
         return final
 
-    def cancelled(self, result: Prediction | None) -> None:
+    def cancelled(self, result: Prediction | None, stopped: BaseException | None = None) -> None:
         status = result.status if result is not None else PredictionStatus.CANCELED
         self.progress.log.warning(
             "Cancelled prediction %s (now %s) because we stopped waiting",
             self.prediction_id, status.value,
         )
         ledger.settle(self.prediction_id, status)
+        ended = status in (PredictionStatus.CANCELED, PredictionStatus.ABORTED)
+        _tell(stopped, "it was cancelled so it stops billing" if ended or result is None
+              else f"it had already ended: {status.value}")
 
-    def cancel_failed(self, exc: BaseException) -> None:
+    def cancel_failed(self, exc: BaseException, stopped: BaseException | None = None) -> None:
         self.progress.log.error(
             "Could not cancel prediction %s: %s; its Cancel-After deadline still applies",
             self.prediction_id, exc,
         )
+        _tell(stopped, f"cancel failed: {exc}; its server-side Cancel-After deadline still "
+                       "ends it")
 
     def finished(self, final: Prediction) -> Prediction:
         ledger.settle(self.prediction_id, final.status)
@@ -214,6 +219,15 @@ class WaitPlan:
         if final.status is PredictionStatus.SUCCEEDED and isinstance(took, (int, float)):
             _recent_seconds[str(final.input.get("size"))] = float(took)
         return raise_for_outcome(final)
+
+
+def _tell(stopped: BaseException | None, what: str) -> None:
+    """Say in the error that ended a wait what became of the prediction, once that is known:
+    "gave up after 10s ... (it was cancelled so it stops billing); raise ..."."""
+    if isinstance(stopped, SeedreamError):
+        head, sep, rest = stopped.message.partition("; ")
+        stopped.message = f"{head} ({what}){sep}{rest}"
+        stopped.args = (stopped.message,)
 
 
 def plan_wait(

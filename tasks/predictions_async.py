@@ -115,13 +115,13 @@ async def aawait_prediction(
     try:
         final: Prediction = await plan.api.arun(plan.wait, on_update=plan.progress,
                                                 on_note=plan.progress.log.info)
-    except BaseException:
+    except BaseException as stopped:
         with anyio.CancelScope(shield=True):
             try:
                 result = await plan.api.arun(plan.cancel())
-                await to_thread.run_sync(plan.cancelled, result)
+                await to_thread.run_sync(plan.cancelled, result, stopped)
             except Exception as exc:
-                plan.cancel_failed(exc)
+                plan.cancel_failed(exc, stopped)
         raise
     return await to_thread.run_sync(plan.finished, final)
 

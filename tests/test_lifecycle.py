@@ -185,11 +185,26 @@ def test_our_timeout_cancels_the_prediction(
     with pytest.raises(PredictionTimedOut) as info:
         ops.wait(prediction, timeout_seconds=1)
     assert info.value.prediction_id == prediction.id
+    assert "(it was cancelled so it stops billing)" in str(info.value)
     assert seedream_sandbox.prediction(prediction.id)["status"] == "canceled"
     assert running(seedream_sandbox) == []
     record_outcome(f"prediction outlives timeout_seconds ({ops.mode})",
                    "cancelled it, raised PredictionTimedOut",
                    created=len(made(seedream_sandbox)), left_running=len(running(seedream_sandbox)))
+
+
+def test_a_timeout_whose_cancel_fails_says_so_instead_of_claiming_it_stopped(
+    ops: Ops, seedream_sandbox: Any,
+) -> None:
+    seedream_sandbox.configure(run_seconds=30)
+    prediction = ops.create(REQUEST)
+    seedream_sandbox.faults.fail_next("cancel", 10, status=503)
+    with pytest.raises(PredictionTimedOut) as info:
+        ops.wait(prediction, timeout_seconds=1)
+    message = str(info.value)
+    assert "cancel failed" in message and "Cancel-After deadline still ends it" in message
+    assert "it was cancelled" not in message
+    assert seedream_sandbox.prediction(prediction.id)["deadline"] is not None  # the backstop
 
 
 def test_prefect_task_timeout_cancels_the_prediction(

@@ -338,7 +338,8 @@ def wait(
     sync-mode create), so the schedule's expected run time lines up with the prediction's.
 
     A 404 in the first seconds, a 5xx, a 429 or a dropped connection does not fail the wait.
-    The caller cancels the prediction when this raises or is cancelled.
+    The caller cancels the prediction when this raises or is cancelled, and adds to the error
+    what became of it (this cannot know whether the cancel will work).
     """
     started = now()
     deadline = started + timedelta(seconds=timeout_seconds)
@@ -377,7 +378,7 @@ def wait(
             status = last.status.value if last else "unknown"
             raise PredictionTimedOut(
                 f"gave up after {timeout_seconds:g}s with the prediction still {status}; "
-                "it was cancelled so it stops billing. Raise timeout_seconds for long runs",
+                "raise timeout_seconds for long runs",
                 prediction_id=prediction_id,
             )
         if delay is None:
