@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job end to end on the sandbox + local S3 (no account, no bill)
 	$(VENV)/bin/seedream generate "a lighthouse at dawn, oil painting" --sandbox --size 1K --aspect-ratio 16:9 --max-images 2
 
+# Two workers, a test file each at a time (module fixtures such as the wheel's venv stay whole):
+# most tests wait on servers, so this halves the run on two cores.
 test: lint  ## lint, then the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # mypy cannot follow setuptools' editable mapping (prefect_seedream.flows -> flows/, ...), so it
 # checks a tree of links with the installed layout; .mypy-tree is rebuilt every time.

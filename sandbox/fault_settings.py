@@ -246,51 +246,54 @@ def _drop_create_responses(value: Any, current: Any) -> int:
     return value
 
 
+def _queued(where: str, value: Any, current: list[Any], *, shown: str,
+            entry: Callable[[str, Any], Any], options: tuple[str, ...],
+            make: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """A fault queued per prediction: the list GET shows replaces the queue (each entry checked
+    by `entry`); `{"n": N, <options>}` appends N entries built by `make` from the arguments."""
+    if isinstance(value, list):
+        return [entry(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        form = ", ".join(['"n": N', *(f'"{name}": ...' for name in options)])
+        raise ValueError(f"{where}: must be {shown} as GET shows, or {{{form}}}, not {value!r}")
+    args = _arguments(where, value, ("n",), options)
+    n = _whole(f"{where}.n", args["n"])
+    one = make(args)  # checked even when n is 0
+    return [*current, *(list(one) if isinstance(one, list) else one for _ in range(n))]
+
+
 def _interrupt_predictions(value: Any, current: Any) -> list[str]:
     where = "interrupt_predictions"
-    if isinstance(value, list):
-        return [_text(f"{where}[{i}]", error) for i, error in enumerate(value)]
-    if not isinstance(value, dict):
-        raise ValueError(f'{where}: must be a list of error messages as GET shows, or '
-                         f'{{"n": N, "error": ...}}, not {value!r}')
-    args = _arguments(where, value, ("n",), ("error",))
-    n = _whole(f"{where}.n", args["n"])
-    error = args.get("error")
-    message = INTERRUPTED if error is None else _text(f"{where}.error", error)
-    return [*current, *([message] * n)]
+    return _queued(
+        where, value, current, shown="a list of error messages", entry=_text,
+        options=("error",),
+        make=lambda args: INTERRUPTED if args.get("error") is None
+        else _text(f"{where}.error", args["error"]),
+    )
+
+
+def _drift_pair(where: str, entry: Any) -> list[int]:
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise ValueError(f"{where}: must be a [dx, dy] pair, not {entry!r}")
+    return [_drift(f"{where}.dx", entry[0]), _drift(f"{where}.dy", entry[1])]
 
 
 def _size_drift(value: Any, current: Any) -> list[list[int]]:
     where = "size_drift"
-    if isinstance(value, list):
-        pairs = []
-        for i, entry in enumerate(value):
-            if not isinstance(entry, list) or len(entry) != 2:
-                raise ValueError(f"{where}[{i}]: must be a [dx, dy] pair, not {entry!r}")
-            pairs.append([_drift(f"{where}[{i}].dx", entry[0]),
-                          _drift(f"{where}[{i}].dy", entry[1])])
-        return pairs
-    if not isinstance(value, dict):
-        raise ValueError(f'{where}: must be a list of [dx, dy] pairs as GET shows, or '
-                         f'{{"n": N, "dx": ..., "dy": ...}}, not {value!r}')
-    args = _arguments(where, value, ("n",), ("dx", "dy"))
-    n = _whole(f"{where}.n", args["n"])
-    dx = _drift(f"{where}.dx", args.get("dx", 16))
-    dy = _drift(f"{where}.dy", args.get("dy", 0))
-    return [*current, *([dx, dy] for _ in range(n))]
+    return _queued(
+        where, value, current, shown="a list of [dx, dy] pairs", entry=_drift_pair,
+        options=("dx", "dy"),
+        make=lambda args: [_drift(f"{where}.dx", args.get("dx", 16)),
+                           _drift(f"{where}.dy", args.get("dy", 0))],
+    )
 
 
 def _corrupt_outputs(value: Any, current: Any) -> list[str]:
     where = "corrupt_outputs"
-    if isinstance(value, list):
-        return [_corruption(f"{where}[{i}]", kind) for i, kind in enumerate(value)]
-    if not isinstance(value, dict):
-        raise ValueError(f'{where}: must be a list of kinds as GET shows, or '
-                         f'{{"n": N, "kind": ...}}, not {value!r}')
-    args = _arguments(where, value, ("n",), ("kind",))
-    n = _whole(f"{where}.n", args["n"])
-    kind = _corruption(f"{where}.kind", args.get("kind", "html"))
-    return [*current, *([kind] * n)]
+    return _queued(
+        where, value, current, shown="a list of kinds", entry=_corruption, options=("kind",),
+        make=lambda args: _corruption(f"{where}.kind", args.get("kind", "html")),
+    )
 
 
 def _slow_downloads(value: Any, current: Any) -> float | None:
