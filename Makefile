@@ -32,7 +32,8 @@ lint: $(STAMP)  ## ruff and mypy (strict)
 reliability: $(STAMP)  ## rerun the fault tests and rewrite RELIABILITY.md from what they measured
 	SEEDREAM_RELIABILITY_OUT=.reliability.json $(PY) -m pytest -q \
 		tests/test_lifecycle.py tests/test_secrets.py tests/test_image_flows.py \
-		tests/test_command_line.py tests/test_storage.py tests/e2e/test_e2e_lifecycle.py
+		tests/test_command_line.py tests/test_storage.py tests/test_paid_images_kept.py \
+		tests/e2e/test_e2e_lifecycle.py
 	$(PY) tests/render_reliability.py .reliability.json > RELIABILITY.md && rm .reliability.json
 
 bench: $(STAMP)  ## every benchmark figure (~8 min); rewrites BENCHMARKS.md and bench/plots/
