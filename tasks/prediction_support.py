@@ -201,8 +201,8 @@ class WaitPlan:
             self.prediction_id, status.value,
         )
         ledger.settle(self.prediction_id, status)
-        ended = status in (PredictionStatus.CANCELED, PredictionStatus.ABORTED)
-        _tell(stopped, "it was cancelled so it stops billing" if ended or result is None
+        stopped_now = status in (PredictionStatus.CANCELED, PredictionStatus.ABORTED)
+        _tell(stopped, "it was cancelled so it stops billing" if stopped_now
               else f"it had already ended: {status.value}")
 
     def cancel_failed(self, exc: BaseException, stopped: BaseException | None = None) -> None:
