@@ -107,6 +107,26 @@ def record_outcome(request: pytest.FixtureRequest) -> Any:
     return record
 
 
+@pytest.fixture
+def record_hostile(request: pytest.FixtureRequest) -> Any:
+    """Record one row of RELIABILITY.md's "bad input and hostile peers" table.
+
+    `sent` is what an outsider sent, `did` what the plugin did; `created` predictions created,
+    `outside_writes` objects written outside the destination's prefix, `internal_requests`
+    requests the worker made to hosts it should never reach, each as measured by the test.
+    """
+
+    def record(sent: str, did: str, *, created: int, outside_writes: int = 0,
+               internal_requests: int = 0) -> None:
+        _OUTCOMES.append({
+            "table": "hostile", "sent": sent, "did": did, "test": request.node.nodeid,
+            "created": created, "outside_writes": outside_writes,
+            "internal_requests": internal_requests,
+        })
+
+    return record
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = os.environ.get("SEEDREAM_RELIABILITY_OUT")
     if out and _OUTCOMES:

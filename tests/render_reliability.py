@@ -22,7 +22,35 @@ Regenerate with `make reliability` (it reruns the fault tests and rewrites this 
 """
 
 
+HOSTILE = """
+## Bad input and hostile peers
+
+Each row is something an outsider can send (an event, a manifest, a webhook, a source), sent
+through the real path, and what the test measured. Targets: predictions created **0**, objects
+written outside the destination's prefix **0**, requests to internal hosts **0**.
+
+| Sent | What the plugin did | Created | Written outside the prefix | Internal requests | Test |
+|---|---|---|---|---|---|
+"""
+
+
+def render_hostile(outcomes: list[dict[str, object]]) -> str:
+    rows = [
+        f"| {o['sent']} | {o['did']} | {o['created']} | {o['outside_writes']} "
+        f"| {o['internal_requests']} | `{_test(o)}` |"
+        for o in outcomes
+    ]
+    return HOSTILE + "\n".join(rows) + "\n" if rows else ""
+
+
+def _test(o: dict[str, object]) -> str:
+    test = str(o["test"]).split("::")
+    return f"{test[0]}::{test[-1]}"
+
+
 def render(outcomes: list[dict[str, object]]) -> str:
+    hostile = [o for o in outcomes if o.get("table") == "hostile"]
+    outcomes = [o for o in outcomes if o.get("table") != "hostile"]
     rows = []
     for o in outcomes:
         test = str(o["test"]).split("::")
@@ -39,7 +67,7 @@ Notes:
 - The S3 row drives the storage task alone (no prediction is involved, hence 0 created): it shows
   an S3 outage is ridden out from the same download, never by generating again.
 """
-    return HEADER + "\n".join(rows) + "\n" + notes
+    return HEADER + "\n".join(rows) + "\n" + notes + render_hostile(hostile)
 
 
 if __name__ == "__main__":
