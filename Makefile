@@ -33,7 +33,7 @@ reliability: $(STAMP)  ## rerun the fault tests and rewrite RELIABILITY.md from 
 	SEEDREAM_RELIABILITY_OUT=.reliability.json $(PY) -m pytest -q \
 		tests/test_lifecycle.py tests/test_secrets.py tests/test_image_flows.py \
 		tests/test_command_line.py tests/test_storage.py tests/test_paid_images_kept.py \
-		tests/e2e/test_e2e_lifecycle.py tests/test_hostile_*.py
+		tests/e2e/test_e2e_lifecycle.py tests/test_hostile_*.py tests/e2e/test_hostile_*.py
 	$(PY) tests/render_reliability.py .reliability.json > RELIABILITY.md && rm .reliability.json
 
 bench: $(STAMP)  ## every benchmark figure (~8 min); rewrites BENCHMARKS.md and bench/plots/
