@@ -124,6 +124,13 @@ class S3Destination(Block):
             "empty means the bucket root."
         ),
     )
+    source_buckets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Other buckets that edit sources (s3:// URIs) may be read from; the destination's own "
+            "bucket always may, any other bucket is refused before any request is made."
+        ),
+    )
     region_name: str | None = Field(
         default=None,
         description="The AWS region of the bucket; empty uses boto3's configured default region.",
@@ -195,6 +202,21 @@ class S3Destination(Block):
         """
         return join_key_parts(self.prefix, *parts)
 
+    def reads_sources_from(self, bucket: str) -> bool:
+        """Whether edit sources may be read from `bucket`: this destination's own bucket or one
+        named in `source_buckets`.
+
+        Example:
+            ```python
+            from prefect_seedream.blocks.s3_destination import S3Destination
+
+            destination = S3Destination(bucket="my-bucket", source_buckets=["my-photos"])
+            assert destination.reads_sources_from("my-photos")
+            assert not destination.reads_sources_from("private-other")
+            ```
+        """
+        return bucket == self.bucket or bucket in self.source_buckets
+
     def uri(self, key: str) -> str:
         """Return the `s3://bucket/key` URI of an object key (used as given, not prefixed).
 
@@ -214,7 +236,8 @@ class S3Destination(Block):
         anyone holding it until it expires: never log it.
 
         Args:
-            uri_or_key: An `s3://bucket/key` URI (any bucket), or a full key in this bucket.
+            uri_or_key: An `s3://bucket/key` URI (any bucket: the flows check
+                `reads_sources_from` first), or a full key in this bucket.
             expires_in: Lifetime of the URL in seconds.
 
         Returns:

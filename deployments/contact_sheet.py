@@ -3,6 +3,12 @@
 Every `seedream.images.stored` event runs `prefect_seedream.flows.pipeline_example.contact_sheet`
 with the event's image URIs, named after the prediction (so a repeated event rewrites the same
 sheet).
+
+Whoever can emit events chooses both parameters, so the flow trusts neither: it reads only objects
+under the destination's prefix (any other URI is refused before a request, with the same message
+whether or not it exists), streams them, stops at `SEEDREAM_CONTACT_SHEET_MAX_IMAGES` and
+`SEEDREAM_CONTACT_SHEET_MAX_IMAGE_BYTES`, and refuses a name (the event's `prediction_id`) that
+breaks the key rule (`tasks.s3_storage.keys`), such as `../../leaked-x`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from prefect_seedream.flows.run_hooks import cancel_open_predictions
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
 from prefect_seedream.tasks.errors import PredictionFailed
 from prefect_seedream.tasks.predictions import await_prediction, create_prediction
+from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage, store_outputs
@@ -43,6 +44,7 @@ def run_prediction(
     expected_size: tuple[int, int] | None,
     title: str,
     sources: list[str] | None = None,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Create, await and store one prediction; the shared body of both flows.
 
@@ -53,7 +55,8 @@ def run_prediction(
     started = time.monotonic()
     for attempt in range(settings.interrupted_retries + 1):
         prediction = create_prediction(
-            request, credentials=credentials, sources=sources,
+            request, credentials=credentials, sources=sources, ledger=destination,
+            request_id=request_id,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -93,11 +96,15 @@ def generate_images(
     destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Generate images from `prompt` and store them in S3.
 
     `max_images > 1` turns on sequential generation; Seedream may return fewer images.
     `credentials` and `destination` take a block, a saved block's name, or None (settings).
+    `request_id` (an order number, an event's id) names the request across runs: every run
+    that asks for the same input under the same id, even at the same moment, shares one
+    prediction and its images; without it each flow run pays for its own.
 
     Example:
         ```python
@@ -113,11 +120,12 @@ def generate_images(
     )
     resolve_credentials(credentials)  # fail now on missing credentials, not after paying
     target = resolve_destination(destination)
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     check_bucket(target)
     return run_prediction(
-        request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
-        title=f"Generated: {prompt}",
+        title=f"Generated: {prompt}", request_id=request_id,
     )
 
 
@@ -142,6 +150,7 @@ def edit_image(
     destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Apply `instruction` to `images` (s3:// URIs or https URLs) and store the results in S3.
 
@@ -157,6 +166,7 @@ def edit_image(
         ```
     """
     target = resolve_destination(destination)
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     edit = prepare_edit(
         instruction, images, target, timeout_seconds=timeout_seconds, size=size,
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
@@ -165,7 +175,7 @@ def edit_image(
     resolve_credentials(credentials)
     check_bucket(target)
     return run_prediction(
-        edit.request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        edit.request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
-        title=f"Edited: {instruction}", sources=edit.sources,
+        title=f"Edited: {instruction}", sources=edit.sources, request_id=request_id,
     )

@@ -36,6 +36,7 @@ from prefect_seedream.flows.image_report import publish_report
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
 from prefect_seedream.tasks.errors import PredictionFailed
 from prefect_seedream.tasks.predictions_async import aawait_prediction, acreate_prediction
+from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage
@@ -52,13 +53,15 @@ async def arun_prediction(
     expected_size: tuple[int, int] | None,
     title: str,
     sources: list[str] | None = None,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Create, await and store one prediction without blocking the loop."""
     settings = get_settings()
     started = time.monotonic()
     for attempt in range(settings.interrupted_retries + 1):
         prediction = await acreate_prediction(
-            request, credentials=credentials, sources=sources,
+            request, credentials=credentials, sources=sources, ledger=destination,
+            request_id=request_id,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -108,6 +111,7 @@ async def agenerate_images(
     destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Async `generate_images`: same arguments, same guarantees.
 
@@ -128,10 +132,11 @@ async def agenerate_images(
         max_images=max_images, enhance_prompt=enhance_prompt,
     )
     target = await _target(credentials, destination)
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     return await arun_prediction(
-        request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
-        title=f"Generated: {prompt}",
+        title=f"Generated: {prompt}", request_id=request_id,
     )
 
 
@@ -154,9 +159,11 @@ async def aedit_image(
     destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
+    request_id: str | None = None,
 ) -> list[StoredImage]:
     """Async `edit_image`: same arguments, same guarantees."""
     target = await to_thread.run_sync(resolve_destination, destination)
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     edit = await to_thread.run_sync(functools.partial(
         prepare_edit, instruction, images, target, timeout_seconds=timeout_seconds, size=size,
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
@@ -164,7 +171,7 @@ async def aedit_image(
     ))
     target = await _target(credentials, target)
     return await arun_prediction(
-        edit.request, credentials=credentials, destination=target, key_prefix=key_prefix,
+        edit.request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
-        title=f"Edited: {instruction}", sources=edit.sources,
+        title=f"Edited: {instruction}", sources=edit.sources, request_id=request_id,
     )

@@ -62,6 +62,7 @@ def test_every_python_snippet_in_the_readme_runs_as_written(
         REPLICATE_BASE_URL=seedream_sandbox.base_url,
         AWS_ENDPOINT_URL=s3_endpoint,
         SEEDREAM_BUCKET="my-images",
+        SEEDREAM_SOURCE_BUCKETS='["shop"]',  # as the README's batch section says
     )
     for number, snippet in enumerate(_blocks("python"), start=1):
         before = len(seedream_sandbox.predictions())

@@ -31,9 +31,7 @@ from prefect_seedream.flows.batch.items import BatchControl, ItemOutcome, run_ba
 from prefect_seedream.flows.batch.keys import (
     find_done,
     item_key,
-    leftover_predictions,
     read_results,
-    running_predictions,
     source_digests,
     write_jsonl,
 )
@@ -42,6 +40,8 @@ from prefect_seedream.flows.batch.progress import Progress, notify
 from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, publish_table
 from prefect_seedream.flows.flow_support import check_bucket
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
+from prefect_seedream.tasks.prediction_ledger import Ledger
+from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage
 
@@ -152,33 +152,24 @@ def _block_name(value: Any, what: str) -> str | None:
 
 
 def cancel_batch_predictions(flow: Any, flow_run: Any, state: Any) -> None:
-    """Cancellation/crash hook: cancel what the run recorded in flight in S3.
+    """Cancellation/crash hook: cancel the predictions the run owns and has not seen finish.
 
     Runs in the runner or worker process, so it rebuilds the destination from the run's
-    parameters (a saved block's name, or the settings) and reads the run's in-flight records.
+    parameters (a saved block's name, or the settings) and reads the run's open records in the
+    batch's ledger. A prediction another run created, which this run only attached to, is left
+    to that run.
     """
-    from prefect_seedream.tasks.connections import replicate_api
-    from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
+    from prefect_seedream.flows.run_hooks import cancel_run_predictions, run_ledger
 
-    log = _log()
     params = flow_run.parameters or {}
     try:
-        named = params.get("destination")
-        target = resolve_destination(named if isinstance(named, str) else None)
-        prefix = params.get("key_prefix") or target.prefix
-        ids = running_predictions(target, prefix, str(flow_run.id))
+        at = run_ledger(flow_run)
+        at = Ledger(at.destination, key_prefix_under(at.destination.prefix,
+                                                     params.get("key_prefix")))
     except Exception as exc:
-        log.error("Could not read batch %s's predictions in flight: %s", flow_run.id, exc)
+        _log().error("Could not find batch %s's ledger: %s", flow_run.id, exc)
         return
-    credentials = params.get("credentials")
-    api = replicate_api(credentials if isinstance(credentials, str) else None)
-    for prediction_id in ids:
-        try:
-            api.run(cancel(prediction_id, policy=RetryPolicy()))
-            log.warning("Batch %s ended %s: cancelled prediction %s", flow_run.id, state.name,
-                        prediction_id)
-        except Exception as exc:
-            log.error("Could not cancel prediction %s: %s", prediction_id, exc)
+    cancel_run_predictions(at, flow_run, state)
 
 
 @flow(
@@ -215,7 +206,9 @@ def generate_batch(
             `max_images`, `enhance_prompt`) and optionally an `id`.
         credentials: A `ReplicateCredentials` block, its saved name, or None for the defaults.
         destination: An `S3Destination` block, its saved name, or None for the settings.
-        key_prefix: Overrides the destination's prefix; items go to `{prefix}/batch/{key}/`.
+        key_prefix: Folders nested under the destination's prefix (the key rule of
+            `tasks.s3_storage.keys`, refused before paying); items go to
+            `{prefix}/{key_prefix}/batch/{key}/`.
         max_in_flight: Most items running at once in this flow run.
         price_per_image_usd: Price of one output image, for the estimate and the cost.
         max_images_total: Stop submitting before the worst case would pass this many images.
@@ -245,7 +238,7 @@ def generate_batch(
 
     log = _log()
     target = resolve_destination(destination)
-    prefix = target.prefix if key_prefix is None else key_prefix
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     model = get_settings().model
     items = load_manifest(manifest, target)
     digests = source_digests(items, target)
@@ -291,7 +284,7 @@ def generate_batch(
             prefix=prefix, progress=progress, parameters={
                 "credentials": _block_name(credentials, "credentials"),
                 "destination": _block_name(destination, "destination"),
-                "key_prefix": prefix, "max_in_flight": max_in_flight,
+                "key_prefix": key_prefix, "max_in_flight": max_in_flight,
                 "price_per_image_usd": price_per_image_usd, "timeout_seconds": timeout_seconds,
                 "item_retries": item_retries, "concurrency_limit_name": concurrency_limit_name,
             })
@@ -301,8 +294,6 @@ def generate_batch(
             price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
             item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
         )
-        control.leftovers = leftover_predictions(target, prefix, {k for _, k in run},
-                                                 control.run_id)
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 
     by_key: dict[str, ItemOutcome] = {o.item_key: o for o in ran}

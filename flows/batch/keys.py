@@ -12,8 +12,8 @@ Layout under the key prefix:
 - `batch/{item_key}/{prediction_id}/{index}.jpg`: an item's images (written by `store_outputs`);
 - `batch/{item_key}/result.json`: written last, only when every image is stored; its presence
   is what "done" means, so a re-run skips the item and creates nothing;
-- `batch/_running/{run}/{item_key}.json`: a prediction in flight, for the cancellation hook and
-  for a re-run after a crash to re-attach to;
+- `_ledger/items/{item_key}.json`: the item's prediction-ledger record (claimed before its
+  create, so two runs never both pay for it; see `prefect_seedream.tasks.prediction_ledger`);
 - `batch/results/{run}.jsonl`: one line per item of a run, for downstream pipelines;
 - `batch/shards/{run}/{i}.jsonl`: the manifest of each shard handed to a deployment.
 """
@@ -21,7 +21,6 @@ Layout under the key prefix:
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import tempfile
@@ -33,6 +32,7 @@ import httpx
 
 from prefect_seedream.blocks.s3_destination import join_key_parts, parse_s3_uri
 from prefect_seedream.flows.batch.manifest import BatchItem, ManifestInvalid
+from prefect_seedream.tasks.errors import InvalidInput
 from prefect_seedream.tasks.prediction_ledger import request_identity
 
 if TYPE_CHECKING:
@@ -69,24 +69,43 @@ def item_prefix(prefix: str, key: str) -> str:
 
 
 def _digest_s3(source: str, destination: S3Destination) -> str:
+    """SHA-256 of an `s3://` source in a bucket the destination may read (checked before any
+    request), streamed and capped at `SEEDREAM_SOURCE_MAX_BYTES`."""
+    from prefect_seedream.flows.source_images import check_source_bucket, too_large
+    from prefect_seedream.tasks.seedream_settings import get_settings
+
     bucket, key = parse_s3_uri(source)
+    check_source_bucket(bucket, destination)
+    limit = get_settings().source_max_bytes
     client = destination.get_client()
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    if int(head.get("ContentLength") or 0) > limit:
+        raise too_large(limit)
     checksum = head.get("ChecksumSHA256")
     if checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
         return base64.b64decode(checksum).hex()
     sha = hashlib.sha256()
+    read = 0
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
     for chunk in iter(lambda: body.read(_CHUNK), b""):
+        read += len(chunk)
+        if read > limit:
+            raise too_large(limit)
         sha.update(chunk)
     return sha.hexdigest()
 
 
 def _digest_http(source: str, http: httpx.Client) -> str:
+    """SHA-256 of a URL source: checked and pinned like every source read, no redirect
+    followed, capped at `SEEDREAM_SOURCE_MAX_BYTES` (`flows.source_images`)."""
+    from prefect_seedream.flows.source_images import open_source, read_capped
+    from prefect_seedream.tasks.seedream_settings import get_settings
+
+    settings = get_settings()
     sha = hashlib.sha256()
-    with http.stream("GET", source) as response:
+    with open_source(source, client=http, settings=settings) as response:
         response.raise_for_status()
-        for chunk in response.iter_bytes(_CHUNK):
+        for chunk in read_capped(response, settings.source_max_bytes):
             sha.update(chunk)
     return sha.hexdigest()
 
@@ -118,6 +137,9 @@ def source_digests(
         for source, future in futures.items():
             try:
                 digests[source] = future.result()
+            except InvalidInput as exc:  # refused by the source rules: say which rule
+                lines = ", ".join(str(n) for n in users[source][:5])
+                problems.append(f"line {lines}: {exc}")
             except Exception as exc:
                 lines = ", ".join(str(n) for n in users[source][:5])
                 problems.append(f"line {lines}: cannot read source {source.split('?')[0]} "
@@ -168,59 +190,6 @@ def write_result(destination: S3Destination, prefix: str, key: str,
     )
 
 
-def _running_key(prefix: str, run_id: str, key: str) -> str:
-    return join_key_parts(prefix, "batch", "_running", run_id, f"{key}.json")
-
-
-def mark_running(destination: S3Destination, prefix: str, run_id: str, key: str,
-                 prediction_id: str) -> None:
-    """Record a prediction in flight for this run (read by the cancellation hook)."""
-    destination.get_client().put_object(
-        Bucket=destination.bucket, Key=_running_key(prefix, run_id, key),
-        Body=json.dumps({"prediction_id": prediction_id}).encode(),
-        ContentType="application/json",
-    )
-
-
-def forget_running(destination: S3Destination, prefix: str, run_id: str, key: str) -> None:
-    with contextlib.suppress(Exception):  # a stale marker costs the hook one idempotent cancel
-        destination.get_client().delete_object(Bucket=destination.bucket,
-                                               Key=_running_key(prefix, run_id, key))
-
-
-def running_predictions(destination: S3Destination, prefix: str, run_id: str) -> list[str]:
-    """Prediction ids a run recorded as in flight and did not see finish."""
-    client = destination.get_client()
-    root = join_key_parts(prefix, "batch", "_running", run_id) + "/"
-    found = []
-    for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=destination.bucket, Prefix=root):
-        for obj in page.get("Contents", []):
-            body = client.get_object(Bucket=destination.bucket, Key=obj["Key"])["Body"].read()
-            found.append(str(json.loads(body)["prediction_id"]))
-    return found
-
-
-def leftover_predictions(destination: S3Destination, prefix: str, keys: set[str],
-                         current_run_id: str) -> dict[str, tuple[str, str]]:
-    """Predictions earlier runs recorded for these items and never saw finish (the run crashed
-    or was killed): item key -> (prediction id, the record's run id). A re-run re-attaches to
-    them instead of paying for the item again."""
-    client = destination.get_client()
-    root = join_key_parts(prefix, "batch", "_running") + "/"
-    found: dict[str, tuple[str, str]] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=destination.bucket, Prefix=root):
-        for obj in page.get("Contents", []):
-            run_id, _, name = obj["Key"][len(root):].partition("/")
-            key = name.removesuffix(".json")
-            if run_id == current_run_id or key not in keys:
-                continue
-            body = client.get_object(Bucket=destination.bucket, Key=obj["Key"])["Body"].read()
-            found[key] = (str(json.loads(body)["prediction_id"]), run_id)
-    return found
-
-
 def write_jsonl(destination: S3Destination, key: str, lines: Iterable[Mapping[str, Any]]) -> str:
     """Stream JSON lines to `key` through a temporary file; returns the object's s3:// URI."""
     with tempfile.TemporaryFile() as spool:
@@ -248,14 +217,10 @@ def read_jsonl(destination: S3Destination, uri: str) -> list[dict[str, Any]]:
 __all__ = [
     "RESULT_NAME",
     "find_done",
-    "forget_running",
     "item_key",
     "item_prefix",
-    "leftover_predictions",
-    "mark_running",
     "read_jsonl",
     "read_results",
-    "running_predictions",
     "source_digests",
     "write_jsonl",
     "write_result",

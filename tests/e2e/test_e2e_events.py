@@ -78,7 +78,7 @@ def test_requested_event_stores_images_and_triggers_the_contact_sheet(
     assert run.state.is_completed(), run.state
     assert run.parameters["max_images"] == 2 and run.parameters["size"] == "1K"  # typed
 
-    keys = s3_keys(s3_client, bucket, key_prefix + "/")
+    keys = s3_keys(s3_client, bucket, f"seedream/{key_prefix}/")  # nested under the prefix
     assert len(keys) == 2 and all(k.endswith((".jpg", ".png")) for k in keys)
     prediction_id = keys[0].split("/")[-2]
     assert [image_size(s3_client, bucket, k) for k in keys] == [(1280, 720)] * 2
