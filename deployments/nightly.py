@@ -10,7 +10,9 @@ under its prefix. After `python -m prefect_seedream.deployments.bootstrap --buck
     aws s3 cp nightly.jsonl s3://my-images/seedream/manifests/nightly.jsonl
 
 Give `manifest` (to `build()`, in prefect.yaml, or per run) for another key of that bucket, an
-`s3://` URI, or an absolute path on the worker. Re-runs skip what S3 already holds, so a failed
+`s3://` URI, or an absolute path on the worker. Set `SEEDREAM_MANIFEST_ROOT` in the worker's
+environment to confine local paths to one directory (and make every bare name a key); see
+`prefect_seedream.flows.batch.manifest_text`. Re-runs skip what S3 already holds, so a failed
 night is finished by the next one without paying twice.
 """
 

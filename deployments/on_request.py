@@ -5,6 +5,13 @@ Any system can ask (see the README): `prefect_seedream.flows.events.request_gene
 Python, `prefect event emit seedream.generate.requested --resource-id seedream.request.42 --payload
 '{"prompt": "..."}'` from a shell, or a Prefect Cloud webhook. Anyone who can emit events can
 spend Replicate credit: keep API access to your Prefect server as narrow as that.
+
+An event that cannot become a valid request still becomes a flow run, so the problem shows where
+people look: every template has a default (a missing `prompt` renders as `""`, never as a
+template error the server only logs), and the deployment does not enforce its parameter schema,
+so a mistyped option (`"max_images": "lots"`) is refused by the flow run itself. Either way the
+run ends Failed with the reason (`InvalidInput`, or Prefect's `ParameterTypeError` naming the
+field), emits `seedream.images.failed`, and nothing is paid.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ if TYPE_CHECKING:
 
 NAME = "on-request"
 
-#: Payload keys and their defaults (the flow's own); missing keys take the default.
+#: Payload keys and their defaults (the flow's own); missing keys take the default. A missing
+#: prompt renders as "" so the run is created and fails visibly ("prompt is empty").
 PARAMETERS = {
-    "prompt": "{{ event.payload.prompt }}",
+    "prompt": "{{ event.payload.prompt | default('') }}",
     "size": "{{ event.payload.size | default('2K') }}",
     "aspect_ratio": "{{ event.payload.aspect_ratio | default('1:1') }}",
     "width": "{{ event.payload.width | default(none) }}",
@@ -51,4 +59,6 @@ def build(work_pool_name: str | None = None) -> RunnerDeployment:
     return deployment(
         generate_images, NAME, work_pool_name, parameters=blocks(), triggers=[trigger()],
         description="Generates images for each seedream.generate.requested event.",
+        # Validated by the run (a Failed run, an event), not by the server (a log line only).
+        enforce_parameter_schema=False,
     )

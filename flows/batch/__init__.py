@@ -2,11 +2,13 @@
 
 The modules follow the pipeline in the order the data moves through it:
 
-- `manifest`: read and check the manifest (a file, `s3://`, a destination key, or a list) into
-  `BatchItem`s.
-- `keys`: key each item (source digests included), find what is done, the batch's records in S3.
+- `manifest_text`: from a manifest's name (a file, `s3://`, a destination key) to its rows,
+  parsed strictly (`ManifestInvalid`, `ManifestUnreadable`).
+- `manifest`: check the rows (or a list of dicts) into `BatchItem`s.
+- `keys`: key each item (source digests included), find what is done, read and write results.
 - `budget`: which items fit the caps (`plan_budget`), at the default price per image.
-- `items`: run one item (create, await, store) under the batch's shared controls; `ItemOutcome`.
+- `items`: run one item (create, await, store) under the batch's shared controls, its record in
+  the prediction ledger shared by every run of the batch; `ItemOutcome`.
 - `progress`: count finished items for the progress artifact, the log and listeners.
 - `shards`: or split the items over child flow runs of a deployment.
 - `report`: the batch's result, its typed failure, the final table, the terminal progress bar.

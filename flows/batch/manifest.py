@@ -1,73 +1,61 @@
-"""Batch manifests: read JSONL, CSV or a list of dicts, check every row.
+"""Batch manifests: check every row of a JSONL or CSV manifest, or of a list of dicts.
 
 A generate row has `prompt` plus the options of `generate_images`; an edit row has `instruction`
 and `images` plus the options of `edit_image`; either may carry an `id`. Every problem in every
-row is collected and raised at once, with line numbers, before anything is submitted.
+row is collected and raised at once, with line numbers, before anything is submitted: unknown
+fields (never echoed, a close field name suggested), numbers of absurd length, a `prompt` or
+`instruction` over `MAX_PROMPT_CHARS`, and whatever Seedream's own input model refuses.
 
-A manifest is a local file, an `s3://` URI, or a key relative to the destination
-(`manifests/nightly.jsonl`: no scheme, not absolute, and no local file of that name), read from
-the destination's bucket under its prefix. A manifest that cannot be read at all raises
+Reading and parsing the text (where a manifest comes from, strict JSONL and CSV) is
+`prefect_seedream.flows.batch.manifest_text`; a manifest that cannot be read at all raises
 `ManifestUnreadable`. Pure code, apart from reading the manifest itself.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from prefect_seedream.tasks.errors import InvalidInput
-from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors
+from prefect_seedream.flows.batch.manifest_text import (
+    FIELDS,
+    KNOWN_FIELDS,
+    MAX_DIGITS,
+    OPTIONS,
+    FieldProblem,
+    Huge,
+    ManifestInvalid,
+    ManifestUnreadable,
+    Unparsed,
+    parse_json,
+    parse_text,
+    read_manifest_text,
+    unknown_field,
+)
+from prefect_seedream.tasks.seedream_input import (
+    MAX_SIDE,
+    MAX_TOTAL_IMAGES,
+    MIN_SIDE,
+    SeedreamInput,
+    describe_errors,
+)
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
 
 Kind = Literal["generate", "edit"]
-OPTIONS = ("size", "aspect_ratio", "width", "height", "max_images", "enhance_prompt")
 _INTS = frozenset({"width", "height", "max_images"})
-_KNOWN = frozenset({"id", "prompt", "instruction", "images", *OPTIONS})
-_MAX_PROBLEMS_SHOWN = 50
-
-
-class _Unreadable(str):
-    """A row that could not even be parsed; the text says why."""
-
-
-class ManifestInvalid(InvalidInput):
-    """One or more manifest rows are invalid; `problems` lists each as `line N: ...`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(self._describe(problems))
-        self.problems = problems
-
-    def _describe(self, problems: list[str]) -> str:
-        shown = problems[:_MAX_PROBLEMS_SHOWN]
-        more = len(problems) - len(shown)
-        return (f"{len(problems)} invalid manifest row(s); nothing was submitted. Fix them "
-                "and run again:\n  " + "\n  ".join(shown)
-                + (f"\n  ... and {more} more" if more else ""))
-
-
-class ManifestUnreadable(ManifestInvalid):
-    """The manifest itself cannot be read (missing, refused, not text); no row was looked at.
-
-    `name` is the file or `s3://` URI tried, `reason` what went wrong; `problems` holds the one
-    line `cannot read the manifest {name}: {reason}`.
-    """
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name, self.reason = name, reason
-        super().__init__([f"cannot read the manifest {name}: {reason}"])
-
-    def _describe(self, problems: list[str]) -> str:
-        return (f"{problems[0].rstrip('.')}. Nothing was submitted; check the path or URI "
-                "(and, for S3, the destination's bucket, prefix and credentials) and run again.")
+_RANGES = {"width": (MIN_SIDE, MAX_SIDE), "height": (MIN_SIDE, MAX_SIDE),
+           "max_images": (1, MAX_TOTAL_IMAGES)}
+#: Longest `prompt` or `instruction` of a row, in characters. Seedream's guidance is a few
+#: hundred words; 8,000 characters leave ample room and stop a runaway CSV quote or a file
+#: pasted into a cell.
+MAX_PROMPT_CHARS = 8_000
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -103,36 +91,64 @@ class BatchItem:
         return SeedreamInput(**{k: v for k, v in fields.items() if v is not None})
 
 
+def _huge(name: str, digits: int) -> FieldProblem:
+    low, high = _RANGES.get(name, (None, None))
+    expected = f"it must be {low}..{high}" if low is not None else "not a value Seedream takes"
+    return FieldProblem(f"{name} is a {digits}-digit number; {expected}")
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """CSV cells are strings: turn numbers, booleans and image lists into their types."""
+    """CSV cells are strings: turn numbers, booleans and image lists into their types.
+
+    Raises:
+        FieldProblem: The value cannot be one of this field's (a 5000-digit number, say).
+    """
+    if isinstance(value, Huge):
+        raise _huge(name, value.digits)
     if not isinstance(value, str):
         return value
     text = value.strip()
     if name in _INTS:
-        return int(text) if text.lstrip("-").isdigit() else text
+        if not _INTEGER.fullmatch(text):
+            return text  # the model says what it expects
+        if len(text.lstrip("-")) > MAX_DIGITS:
+            raise _huge(name, len(text.lstrip("-")))
+        return int(text)
     if name == "enhance_prompt":
         lowered = text.lower()
         return {"true": True, "1": True, "yes": True, "false": False, "0": False,
                 "no": False}.get(lowered, text)
     if name == "images":
         if text.startswith("["):
-            return json.loads(text)
+            try:
+                return parse_json(text)
+            except FieldProblem as exc:
+                raise FieldProblem(f"images is not a JSON list ({exc})") from None
         return [part.strip() for part in text.split("|") if part.strip()]
+    if name in ("prompt", "instruction") and len(text) > MAX_PROMPT_CHARS:
+        raise FieldProblem(f"{name} has {len(text):,} characters; at most "
+                            f"{MAX_PROMPT_CHARS:,} are accepted")
     return text
 
 
 def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
     where = f"line {line}"
-    if isinstance(raw, _Unreadable):
+    if isinstance(raw, Unparsed):
         return None, [f"{where}: {raw}"]
     if not isinstance(raw, Mapping):
         return None, [f"{where}: expected an object with 'prompt' or 'instruction'"]
     row = {str(k).strip(): v for k, v in raw.items() if v is not None and v != ""}
-    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(row) - _KNOWN)]
-    try:
-        clean = {k: _coerce(k, v) for k, v in row.items() if k in _KNOWN}
-    except ValueError as exc:
-        return None, [*problems, f"{where}: images is not a JSON list ({exc})"]
+    problems = [f"{where}: " + unknown_field(f"key #{i}", k)
+                for i, k in enumerate(row, start=1) if k not in KNOWN_FIELDS]
+    clean: dict[str, Any] = {}
+    for name in FIELDS:
+        if name in row:
+            try:
+                clean[name] = _coerce(name, row[name])
+            except FieldProblem as exc:
+                problems.append(f"{where}: {exc}")
+    if len(problems) > sum(k not in KNOWN_FIELDS for k in row):
+        return None, problems  # a field could not be read; the rest would only repeat it
     has_prompt, has_instruction = "prompt" in clean, "instruction" in clean
     if has_prompt == has_instruction:
         problems.append(f"{where}: needs exactly one of 'prompt' (generate) or 'instruction' "
@@ -161,8 +177,8 @@ def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
             item.request([f"https://source.invalid/{i}" for i in range(len(images))])
     except ValidationError as exc:
         problems.append(f"{where}: {describe_errors(exc)}")
-    except TypeError as exc:
-        problems.append(f"{where}: {exc}")
+    except TypeError:
+        problems.append(f"{where}: the options do not form a Seedream request")
     return (None if problems else item), problems
 
 
@@ -181,8 +197,8 @@ def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]]) -> list[B
         if item is None:
             continue
         if item.id in seen_ids:
-            problems.append(f"line {line}: id {item.id!r} is already used on line "
-                            f"{seen_ids[item.id]}")
+            problems.append(f"line {line}: the same id as line {seen_ids[item.id]}; ids must "
+                            "be unique")
             continue
         seen_ids[item.id] = line
         items.append(item)
@@ -191,94 +207,6 @@ def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]]) -> list[B
     if not items:
         raise ManifestInvalid(["the manifest has no rows"])
     return items
-
-
-def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
-    for line, text in enumerate(lines, start=1):
-        stripped = text.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            yield line, json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            yield line, _Unreadable(f"not valid JSON ({exc.msg})")
-
-
-def _csv_rows(text: io.TextIOBase | Iterable[str]) -> Iterator[tuple[int, Any]]:
-    reader = csv.DictReader(text)
-    for row in reader:
-        extra = row.pop(None, None)
-        if extra:
-            yield reader.line_num, _Unreadable(f"has {len(extra)} more cell(s) than the header")
-        else:
-            yield reader.line_num, row
-
-
-def parse_text(text: str, *, name: str) -> list[tuple[int, Any]]:
-    """Rows of a manifest's text: CSV when `name` ends in .csv, else JSONL."""
-    if name.lower().endswith(".csv"):
-        return list(_csv_rows(io.StringIO(text, newline="")))
-    return list(_jsonl_rows(text.splitlines()))
-
-
-def _reason(exc: Exception) -> str:
-    """What went wrong: S3's own words when it answered (`NoSuchKey: ...`), else the error's."""
-    response = getattr(exc, "response", None)
-    error = response.get("Error") if isinstance(response, dict) else None
-    if isinstance(error, dict) and error.get("Code"):
-        return f"{error['Code']}: {error.get('Message') or 'no message'}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestUnreadable(name, f"not UTF-8 text (byte {exc.start}); save it as UTF-8 "
-                                       "JSONL or CSV") from exc
-
-
-def _read_s3(uri: str, destination: S3Destination | None, *, hint: str = "") -> str:
-    from prefect_seedream.blocks.s3_destination import parse_s3_uri
-
-    if destination is None:
-        raise ManifestUnreadable(uri, "an s3:// manifest needs a destination to read it")
-    try:
-        bucket, key = parse_s3_uri(uri)
-        data = destination.get_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as exc:
-        raise ManifestUnreadable(uri, _reason(exc).rstrip(".") + hint) from exc
-    return _decode(data, uri)
-
-
-def read_manifest_text(manifest: str, destination: S3Destination | None = None) -> str:
-    """The text of a manifest named by a local path, an `s3://` URI or a destination key.
-
-    A name with no scheme that is not absolute and names no local file is a key relative to
-    `destination`: `manifests/nightly.jsonl` is read from `s3://{bucket}/{prefix}/manifests/...`.
-
-    Raises:
-        ManifestUnreadable: The manifest cannot be read: missing, refused, or not UTF-8 text.
-    """
-    if manifest.startswith("s3://"):
-        return _read_s3(manifest, destination)
-    path = Path(manifest).expanduser()
-    if path.is_file():
-        try:
-            return _decode(path.read_bytes(), manifest)
-        except OSError as exc:
-            raise ManifestUnreadable(manifest, _reason(exc)) from exc
-    if "://" in manifest:
-        raise ManifestUnreadable(manifest, "only a local file, an s3:// URI or a key relative "
-                                           "to the destination can be read")
-    if path.exists():
-        raise ManifestUnreadable(manifest, "a directory, not a file")
-    if destination is None or path.is_absolute() or manifest.startswith((".", "~")):
-        raise ManifestUnreadable(manifest, "no such file")
-    uri = destination.uri(destination.join_key(manifest))
-    return _read_s3(uri, destination, hint=f" (no local file {manifest} either; a manifest name "
-                                           "without a scheme is a key under the destination's "
-                                           "prefix)")
 
 
 def load_manifest(
@@ -302,5 +230,5 @@ def to_jsonl(items: Iterable[BatchItem]) -> str:
     return "".join(json.dumps(dict(item.row), sort_keys=True) + "\n" for item in items)
 
 
-__all__ = ["BatchItem", "ManifestInvalid", "ManifestUnreadable", "check_rows", "load_manifest",
-           "parse_text", "read_manifest_text", "to_jsonl"]
+__all__ = ["MAX_PROMPT_CHARS", "BatchItem", "ManifestInvalid", "ManifestUnreadable", "check_rows",
+           "load_manifest", "parse_text", "read_manifest_text", "to_jsonl"]

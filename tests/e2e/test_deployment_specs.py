@@ -26,6 +26,7 @@ def spec_of_yaml(item: dict[str, Any]) -> dict[str, Any]:
                      for t in item.get("triggers", [])],
         "schedules": [(s["cron"], s["timezone"]) for s in item.get("schedules", [])],
         "pool": item["work_pool"]["name"], "env": item["work_pool"]["job_variables"]["env"],
+        "enforce_parameter_schema": item.get("enforce_parameter_schema", True),
     }
 
 
@@ -36,6 +37,7 @@ def spec_of_python(deployment: Any) -> dict[str, Any]:
                      for t in deployment.triggers],
         "schedules": [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules],
         "pool": deployment.work_pool_name, "env": deployment.job_variables["env"],
+        "enforce_parameter_schema": deployment.enforce_parameter_schema,
     }
 
 
