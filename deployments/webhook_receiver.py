@@ -14,24 +14,36 @@ or output URLs.
 
 Answers: 200 once the event is accepted by Prefect (or for a repeated `webhook-id`, or a
 non-final status, which are ignored), 400 for a request without Replicate's headers or with a
-body that is not a prediction, 401 for a bad signature or stale timestamp, 503 when Prefect
-cannot take the event (so Replicate retries). Put it behind HTTPS: Replicate only calls https URLs.
+body that is not a prediction (or a malformed Content-Length), 401 for a bad signature or stale
+timestamp, 411/413 for a missing Content-Length or a body over 1 MiB, 408 for a body that does
+not arrive within the read timeout, 503 when Prefect cannot take the event or the server is at
+its connection limit (so Replicate retries). Put it behind HTTPS: Replicate only calls https URLs.
+
+The HTTP stack is uvicorn + starlette (`prefect_seedream.deployments.webhook_server`): header
+and body deadlines, bounded connections, a 2048 listen backlog, strict Content-Length parsing.
+
+One receiver process is enough and holds the replay guard: it serves connections on an event
+loop (a waiting client costs a socket, not a thread) and each delivery is one HMAC and one POST
+to Prefect. Replicas behind a load balancer are safe too: the event id derives from the
+`webhook-id`, and Prefect stores one event per id and its triggers skip an id they have seen,
+so a delivery accepted by two replicas still runs the deployment once. To also answer
+"duplicate" across replicas, give `WebhookVerifier` a shared `ReplayGuard` (e.g. on Redis).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from prefect_seedream.deployments.webhook_server import ServerLimits, WebhookServer, make_app
 from prefect_seedream.flows.events import PREDICTION_COMPLETED, replicate_resource_id
+from prefect_seedream.tasks.redaction import install_redaction
 from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
 from prefect_seedream.tasks.webhooks import (
     WebhookDelivery,
@@ -101,6 +113,8 @@ class WebhookReceiver:
 
     def __init__(self, verifier: WebhookVerifier,
                  publish: Callable[[Event], None] = publish_to_prefect) -> None:
+        import prefect.events  # noqa: F401  # now, not in the first delivery (~2 s to import)
+
         self.verifier = verifier
         self.publish = publish
 
@@ -137,49 +151,14 @@ class WebhookReceiver:
 
 
 def make_server(receiver: WebhookReceiver, host: str = "127.0.0.1", port: int = 0,
-                path: str = "/replicate") -> ThreadingHTTPServer:
-    """An HTTP server for `receiver` (POST `path`, GET `/healthz`); call `serve_forever()`."""
+                path: str = "/replicate", limits: ServerLimits | None = None) -> WebhookServer:
+    """A bound uvicorn server for `receiver` (POST `path`, GET `/healthz`).
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "SeedreamWebhookReceiver/1.0"
-
-        def _answer(self, status: int, answer: dict[str, Any]) -> None:
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._answer(200, {"status": "ok"})
-            else:
-                self._answer(404, {"error": "not found"})
-
-        def do_POST(self) -> None:
-            if self.path.split("?", 1)[0] != path:
-                self._answer(404, {"error": "not found"})
-                return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self._answer(411, {"error": "Content-Length required"})
-                return
-            if int(length) > MAX_BODY_BYTES:
-                self.close_connection = True
-                self._answer(413, {"error": "body too large"})
-                return
-            body = self.rfile.read(int(length))
-            status, answer = receiver.handle(dict(self.headers.items()), body)
-            self._answer(status, answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("%s %s", self.address_string(), format % args)
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    Call `serve_forever()` (blocks) or `start()` (a daemon thread), then `shutdown()` and
+    `server_close()`; see `prefect_seedream.deployments.webhook_server` for the limits.
+    """
+    limits = limits or ServerLimits(max_body_bytes=MAX_BODY_BYTES)
+    return WebhookServer(make_app(receiver, path, limits), host, port, limits)
 
 
 def load_secret(secret_block: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -205,14 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret-block", help="name of a Prefect Secret block with the secret")
     parser.add_argument("--tolerance", type=float, default=300.0,
                         help="largest accepted clock distance of a delivery, seconds")
+    parser.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                        help="connections served at once; past it requests get 503")
+    parser.add_argument("--read-timeout", type=float, default=ServerLimits.read_timeout,
+                        help="seconds a request has for its headers, and again for its body")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    install_redaction()
     verifier = WebhookVerifier(load_secret(args.secret_block), tolerance_seconds=args.tolerance)
-    server = make_server(WebhookReceiver(verifier), args.host, args.port, args.path)
-    host, port = server.server_address[:2]
+    limits = ServerLimits(max_body_bytes=MAX_BODY_BYTES, header_timeout=args.read_timeout,
+                          read_timeout=args.read_timeout, max_connections=args.max_connections)
+    server = make_server(WebhookReceiver(verifier), args.host, args.port, args.path, limits)
+    host, port = server.server_address
     print(f"Receiving Replicate webhooks on http://{host!s}:{port}{args.path}", flush=True)
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

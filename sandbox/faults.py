@@ -156,7 +156,8 @@ class Faults:
 
         Args:
             n: How many predictions get corrupt files.
-            kind: "html": an HTML error page served as `image/jpeg`; "truncated": the JPEG
+            kind: "html": an HTML error page served as `image/jpeg`; "oversized": the JPEG
+                padded with 80 MiB of zeros before its end marker; "truncated": the JPEG
                 cut off before its end marker.
         """
         if kind not in CORRUPTIONS:

@@ -8,7 +8,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from prefect_seedream.sandbox.http_types import Request, Response, problem
-from prefect_seedream.sandbox.rendering import html_error_page, render_jpeg, truncated_jpeg
+from prefect_seedream.sandbox.rendering import (
+    html_error_page,
+    oversized_jpeg,
+    render_jpeg,
+    truncated_jpeg,
+)
 
 if TYPE_CHECKING:
     from prefect_seedream.sandbox.app import SandboxApp
@@ -62,6 +67,8 @@ def output_bytes(app: SandboxApp, record: PredictionRecord, index: int) -> bytes
             return html_error_page()
         data = render_jpeg(record.width, record.height, record.request.prompt, index,
                            record.image_count, record.sources, cfg.jpeg_quality, cfg.noise_sigma)
+        if record.corruption == "oversized":
+            return oversized_jpeg(data)
         return truncated_jpeg(data) if record.corruption == "truncated" else data
 
     return app.files.get((record.id, index), render)

@@ -21,9 +21,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from prefect_seedream.sandbox.input_images import decode
 
 _TILE = 512
-# How `Faults.corrupt_outputs` spoils an output file: an HTML error page in its place, or the
-# JPEG cut off before its end-of-image marker.
-CORRUPTIONS: tuple[str, ...] = ("html", "truncated")
+# How `Faults.corrupt_outputs` spoils an output file: an HTML error page in its place, the
+# JPEG cut off before its end-of-image marker, or padded with zeros to `OVERSIZED_BYTES`.
+CORRUPTIONS: tuple[str, ...] = ("html", "truncated", "oversized")
+#: An "oversized" output: valid header and end marker, 80 MiB of zeros between (a bloated file).
+OVERSIZED_BYTES = 80 * 1024 * 1024
 _END_OF_IMAGE = b"\xff\xd9"
 FontType = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -131,6 +133,12 @@ def truncated_jpeg(data: bytes) -> bytes:
     while cut.endswith(_END_OF_IMAGE):
         cut = cut[:-1]
     return cut
+
+
+def oversized_jpeg(data: bytes, size: int = OVERSIZED_BYTES) -> bytes:
+    """`data` padded with zeros before its end-of-image marker to `size` bytes in all."""
+    body = data[:-2] if data.endswith(_END_OF_IMAGE) else data
+    return body + bytes(max(0, size - len(body) - 2)) + _END_OF_IMAGE
 
 
 class FileCache:

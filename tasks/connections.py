@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from prefect_seedream.tasks.errors import AuthenticationFailed
+from prefect_seedream.tasks.redaction import install_redaction, redact
 from prefect_seedream.tasks.replicate_client.api import ReplicateApi
 from prefect_seedream.tasks.seedream_settings import get_settings
 
@@ -44,6 +45,7 @@ def resolve_credentials(credentials: ReplicateCredentials | str | None) -> Repli
     """
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 
+    install_redaction()  # before any client exists: no URL or signature reaches a log
     if isinstance(credentials, ReplicateCredentials):
         return credentials
     name = credentials or get_settings().credentials_block
@@ -59,7 +61,7 @@ def resolve_credentials(credentials: ReplicateCredentials | str | None) -> Repli
     base_url = os.environ.get("REPLICATE_BASE_URL") or None
     _log().info(
         "No credentials block given; using REPLICATE_API_TOKEN from the environment%s",
-        f" and REPLICATE_BASE_URL={base_url}" if base_url else "",
+        f" and REPLICATE_BASE_URL={redact(base_url)}" if base_url else "",
     )
     from pydantic import SecretStr
 
@@ -90,6 +92,7 @@ def resolve_destination(destination: S3Destination | S3Bucket | str | None) -> S
     )
     from prefect_seedream.blocks.s3_destination import S3Destination
 
+    install_redaction()
     if isinstance(destination, S3Destination):
         return destination
     if is_s3_bucket(destination):
@@ -108,7 +111,8 @@ def resolve_destination(destination: S3Destination | S3Bucket | str | None) -> S
             "no S3 destination: pass an S3Destination or S3Bucket block (or its name), set "
             "SEEDREAM_DESTINATION_BLOCK, or set SEEDREAM_BUCKET"
         )
-    kwargs: dict[str, Any] = {"bucket": settings.bucket, "prefix": settings.prefix}
+    kwargs: dict[str, Any] = {"bucket": settings.bucket, "prefix": settings.prefix,
+                              "source_buckets": settings.source_buckets}
     if settings.s3_endpoint_url:
         kwargs["endpoint_url"] = settings.s3_endpoint_url
     if settings.region_name:

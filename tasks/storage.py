@@ -8,8 +8,9 @@ Guarantees, per output:
   (`prefect_seedream.tasks.s3_storage.checks`);
 - store first, judge after: an image of another size than Seedream's table predicts is stored at
   its real size with the difference recorded (`StoredImage.size_note`, S3 metadata
-  `expected-size`, a warning); bytes that are not an image, or truncated on every download, are
-  kept unchecked under `{prefix}/_quarantine/{prediction_id}/` and the error names that place;
+  `expected-size`, a warning); bytes that are not an image, truncated on every download, or
+  larger than `SEEDREAM_MAX_OUTPUT_BYTES` (64 MiB), are kept unchecked under
+  `{prefix}/_quarantine/{prediction_id}/` and the error names that place;
 - written to its final key only when complete and valid: an output smaller than one part is
   checked in memory and sent with one PUT, a larger one is uploaded to a temporary key and
   copied to its final key;
@@ -63,6 +64,7 @@ from prefect_seedream.tasks.s3_storage.upload import (
     redact_url,
     upload_then_publish,
 )
+from prefect_seedream.tasks.seedream_settings import get_settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mypy_boto3_s3 import S3Client
@@ -125,7 +127,7 @@ def _attempt(
     found = _existing(client, destination, guessed, prediction.id, index)
     if found is not None:
         return found
-    probe = ImageProbe()
+    probe = ImageProbe(max_bytes=get_settings().max_output_bytes)
     with open_source(url, http) as chunks:
         reader = HashingReader(chunks, probe)
         reader.prefetch_header()
@@ -197,9 +199,9 @@ def store_output(
 
     Raises:
         OutputExpired: The URL answered 404/410 (Replicate deletes outputs after ~1 hour).
-        OutputInvalid: The bytes are not an image, or were truncated on every download; they
-            are kept under `{prefix}/_quarantine/{prediction_id}/{index}.bin`, named in the
-            message.
+        OutputInvalid: The bytes are not an image, were truncated on every download, or are
+            larger than `SEEDREAM_MAX_OUTPUT_BYTES`; they are kept under
+            `{prefix}/_quarantine/{prediction_id}/{index}.bin`, named in the message.
         StorageFailed: Retries ran out, or S3 refused the write; names prediction and index.
 
     Example:
@@ -324,7 +326,9 @@ def store_outputs(
     Args:
         prediction: A succeeded prediction.
         destination: Where to store; keys are `{key_prefix}/{prediction.id}/{index}.{ext}`.
-        key_prefix: Overrides `destination.prefix` when not None.
+        key_prefix: The whole prefix to store under in place of `destination.prefix` when not
+            None (the flows pass the destination's prefix with their caller's `key_prefix`
+            nested under it: `key_prefix_under`); every key is checked by the key rule.
         expected_size: `(width, height)` every output must have.
         retry_delays: Pauses between attempts of one output after a transient failure.
         max_concurrency: How many outputs are transferred at once.

@@ -303,7 +303,8 @@ def test_clear_turns_every_fault_off(seedream_sandbox, seedream_client):
     (lambda f: f.slow_downloads(0), "bytes_per_second"),
     (lambda f: f.size_drift(1, dx=513), "dx must be a whole number of pixels within -512..512"),
     (lambda f: f.size_drift(1, dy=1.5), "dy must be a whole number"),
-    (lambda f: f.corrupt_outputs(1, kind="gif"), "unknown kind 'gif'; use one of html, truncated"),
+    (lambda f: f.corrupt_outputs(1, kind="gif"),
+     "unknown kind 'gif'; use one of html, truncated, oversized"),
 ])
 def test_bad_fault_settings_are_refused(seedream_sandbox, call, message):
     with pytest.raises(ValueError, match=message):

@@ -36,6 +36,10 @@ class ImageIncomplete(ImageCheckError):
     """The stream ended before the image's end marker: most likely a truncated transfer."""
 
 
+class ImageTooLarge(ImageCheckError):
+    """The stream passed the size cap (`SEEDREAM_MAX_OUTPUT_BYTES`): never stored as an image."""
+
+
 def sniff_content_type(head: bytes) -> str:
     """Return the MIME type of an image from its first bytes (magic numbers), not its URL.
 
@@ -175,7 +179,8 @@ class ImageProbe:
     """Watches a byte stream go by and checks that it is one complete image.
 
     Feed every chunk in order with `feed()`, then call `finish()`. Memory use is bounded by
-    `MAX_HEADER_BYTES` plus 32 bytes of tail, whatever the image size.
+    `MAX_HEADER_BYTES` plus 32 bytes of tail, whatever the image size. With `max_bytes`, the
+    byte that passes it raises `ImageTooLarge` (however valid its header and end marker).
 
     Example:
         ```python
@@ -193,7 +198,8 @@ class ImageProbe:
         ```
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
         self._head = bytearray()
         self._tail = b""
         self._next_try = 64
@@ -216,6 +222,11 @@ class ImageProbe:
         if not chunk:
             return
         self.size_bytes += len(chunk)
+        if self.max_bytes is not None and self.size_bytes > self.max_bytes:
+            raise ImageTooLarge(
+                f"The output is larger than the {self.max_bytes}-byte cap "
+                "(SEEDREAM_MAX_OUTPUT_BYTES); it was not stored as an image."
+            )
         self._tail = (self._tail + chunk[-32:])[-32:]
         if self.header_ready:
             return
@@ -271,6 +282,7 @@ __all__ = [
     "ImageCheckError",
     "ImageIncomplete",
     "ImageProbe",
+    "ImageTooLarge",
     "extension_for",
     "has_end_marker",
     "parse_dimensions",
