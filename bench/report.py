@@ -179,7 +179,26 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
     else:
         add("(c) 1,000-item batch peak RSS", "**pending**", "-", "-",
             fc_.get("reason", "not run"), None, "c")
+    fd = figs.get("fig_ledger", {})
+    if "latency_ms" in fd:
+        lat, per = fd["latency_ms"], fd["per_second_at_16"]
+        for path, label in (("flow", "a flow run's request"), ("batch", "a batch item")):
+            add(f"(d) Ledger cost per prediction, {label} (before: no claim; after: claimed)",
+                f"{lat[f'after_{path}']:.1f} ms, {per[f'after_{path}']:g}/s at "
+                f"{fd['threads']} threads",
+                f"{lat[f'before_{path}']:.1f} ms, {per[f'before_{path}']:g}/s",
+                f"{lat[f'after_{path}'] / lat[f'before_{path}']:.2f}x latency",
+                "reported: the claim's price", None, "d")
     return rows, missed
+
+
+def _ledger_table(fd: dict[str, Any]) -> str:
+    rows = [[f"`{name}`", str(fd["requests_per_prediction"][name]),
+             f"{fd['latency_ms'][name]:.1f} ms", f"{fd['per_second_at_16'][name]:g}",
+             "yes" if fd["claims_two_runs_safely"][name] else "no"]
+            for name in ("before_flow", "after_flow", "before_batch", "after_batch")]
+    return _table(rows, ["variant", "requests per prediction", "latency (median)",
+                         f"per second at {fd['threads']} threads", "two runs pay once?"])
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -312,6 +331,14 @@ def render(results: dict[str, Any]) -> None:
               _fig2_table(figs.get("fig_api_calls", {})), "",
               "## Figure 5 in detail: where it stops scaling", "",
               _fig5_table(figs.get("fig_scaling", {})), ""]
+    if "latency_ms" in figs.get("fig_ledger", {}):
+        parts += ["## Figure d in detail: the prediction ledger, before and after", "",
+                  "Before: Prefect Variables for flows (3 API writes on the SQLite test "
+                  "server), plain S3 records for batches (PUT + DELETE); neither could stop "
+                  "two runs paying for one request. After: one S3 ledger of conditional "
+                  "writes (claim `If-None-Match`, then `If-Match` updates; a batch item also "
+                  "keeps its run's open pointer). Against moto's S3 server, one process on "
+                  "loopback.", "", _ledger_table(figs["fig_ledger"]), ""]
     parts += analysis_for(figs, missed)
     parts += ["## How each figure is measured", "",
               "See the docstring at the top of each `bench/fig_*.py`; raw numbers are in "

@@ -2,6 +2,8 @@
 
 - `seedream.generate.requested` (resource `seedream.request.<id>`): any system asks for images
   (`request_generation`, `prefect event emit`, a webhook); `generate-images/on-request` runs.
+  One that cannot become a valid request (no prompt, a bad option) still makes that run, which
+  fails with the reason and emits `seedream.images.failed` (deployments/on_request.py).
 - `replicate.prediction.completed` (`replicate.prediction.<id>`): the webhook receiver
   (`prefect_seedream.deployments.webhook_receiver`) saw a signed completion;
   `store-prediction/on-webhook` runs.
@@ -201,9 +203,10 @@ def emit_images_failed(flow: Any, flow_run: Any, state: Any) -> None:
     ids = [prediction_id] if prediction_id else []
     if not ids and flow_run_id:
         try:
-            from prefect_seedream.tasks import prediction_ledger as ledger
+            from prefect_seedream.flows.run_hooks import run_ledger
 
-            ids = [str(value["prediction_id"]) for _, value in ledger.entries(flow_run_id)]
+            ids = [str(record["prediction_id"]) for record
+                   in run_ledger(flow_run).records_of(flow_run_id) if record.get("prediction_id")]
         except Exception as exc:
             _log.warning("could not read the prediction ledger: %s", type(exc).__name__)
     _emit(images_failed_event(

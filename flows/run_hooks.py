@@ -1,7 +1,8 @@
 """Flow-run hooks that cancel predictions when a run is cancelled or crashes.
 
 Prefect runs `on_cancellation` and `on_crashed` hooks in the runner or worker process, not in the
-flow's own process, so they read the prediction ids from the prediction ledger.
+flow's own process, so they read what the run owns from the prediction ledger in S3: the
+destination comes from the run's parameters (a saved block's name) or the settings.
 """
 
 from __future__ import annotations
@@ -10,48 +11,68 @@ from datetime import datetime
 from typing import Any
 
 from prefect_seedream.tasks import prediction_ledger as ledger
-from prefect_seedream.tasks.connections import replicate_api
+from prefect_seedream.tasks.connections import replicate_api, resolve_destination
 from prefect_seedream.tasks.replicate_client import protocol
+from prefect_seedream.tasks.replicate_client.request_builders import RequestMatch
 
 
-def cancel_open_predictions(flow: Any, flow_run: Any, state: Any) -> None:
-    """Cancel every prediction this flow run started that has not finished."""
+def run_ledger(flow_run: Any, prefix: str | None = None) -> ledger.Ledger:
+    """The ledger a run wrote to, rebuilt from its parameters (a block passed by value is not
+    available here: the settings' destination stands in)."""
+    named = (flow_run.parameters or {}).get("destination")
+    target = resolve_destination(named if isinstance(named, str) else None)
+    return ledger.Ledger(target, target.prefix if prefix is None else prefix)
+
+
+def cancel_run_predictions(at: ledger.Ledger, flow_run: Any, state: Any) -> list[str]:
+    """Cancel what the run owns and has not seen finish: created predictions by id, and creates
+    it never heard back from by their request (`RequestMatch`). Returns the ids cancelled."""
     from prefect.logging import get_logger
 
     log = get_logger("prefect_seedream.hooks")
     flow_run_id = str(flow_run.id)
     try:
-        open_ids = ledger.open_predictions(flow_run_id)
-        pending = ledger.pending_requests(flow_run_id)
+        records = [r for r in at.records_of(flow_run_id) if ledger.is_open(r)]
     except Exception as exc:
         log.error("Could not read flow run %s's predictions: %s", flow_run_id, type(exc).__name__)
-        return
-    if not open_ids and not pending:
-        return
+        return []
+    if not records:
+        return []
     credentials = (flow_run.parameters or {}).get("credentials")
-    if not isinstance(credentials, str):
-        credentials = None  # a block passed by value is not available here; use the defaults
-    api = replicate_api(credentials)
-    for request in pending:  # sync-mode creates the run never heard back from
-        since = datetime.fromisoformat(str(request["sent_at"]))
+    api = replicate_api(credentials if isinstance(credentials, str) else None)
+    cancelled: list[str] = []
+    for record in records:
         try:
-            found = api.run(protocol.abandon(str(request["model"]), dict(request["input"]),
-                                             since=since, policy=protocol.RetryPolicy()))
+            if record.get("prediction_id"):
+                prediction_id = str(record["prediction_id"])
+                result = api.run(protocol.cancel(prediction_id, policy=protocol.RetryPolicy()))
+                status = result.status.value if result is not None else "unknown"
+                log.warning("Flow run %s ended (%s): cancelled prediction %s (now %s)",
+                            flow_run_id, state.name, prediction_id, status)
+                cancelled.append(prediction_id)
+                continue
+            found = api.run(protocol.abandon(
+                RequestMatch.from_json(record["match"]),
+                since=datetime.fromisoformat(str(record["sent_at"])),
+                policy=protocol.RetryPolicy()))
         except Exception as exc:
-            log.error("Could not look for the run's unanswered create: %s", exc)
+            log.error("Could not cancel request %s's prediction: %s", record.get("key"), exc)
             continue
         for prediction_id in found:
             log.warning("Flow run %s ended (%s): cancelled prediction %s, made by a create it "
                         "never heard back from", flow_run_id, state.name, prediction_id)
-    for prediction_id in open_ids:
-        try:
-            result = api.run(protocol.cancel(prediction_id, policy=protocol.RetryPolicy()))
-        except Exception as exc:
-            log.error("Could not cancel prediction %s: %s", prediction_id, exc)
-            continue
-        status = result.status if result is not None else None
-        log.warning("Flow run %s ended (%s): cancelled prediction %s (now %s)",
-                    flow_run_id, state.name, prediction_id, status.value if status else "unknown")
-        for name, value in ledger.entries(flow_run_id):
-            if value.get("prediction_id") == prediction_id and status is not None:
-                ledger.remember(name, prediction_id, status)
+        cancelled += found
+    return cancelled
+
+
+def cancel_open_predictions(flow: Any, flow_run: Any, state: Any) -> None:
+    """Cancel every prediction this flow run started that has not finished."""
+    try:
+        at = run_ledger(flow_run)
+    except Exception as exc:
+        from prefect.logging import get_logger
+
+        get_logger("prefect_seedream.hooks").error(
+            "Could not find flow run %s's prediction ledger: %s", flow_run.id, exc)
+        return
+    cancel_run_predictions(at, flow_run, state)

@@ -29,6 +29,7 @@ from prefect_seedream.tasks.connections import resolve_credentials, resolve_dest
 from prefect_seedream.tasks.prediction_support import raise_for_outcome, validate_input
 from prefect_seedream.tasks.predictions import await_prediction, create_prediction, get_prediction
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
+from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage, store_outputs
@@ -77,13 +78,14 @@ def submit_images(
     request = build_request(prompt, size=size, aspect_ratio=aspect_ratio, width=None,
                             height=None, max_images=max_images, enhance_prompt=enhance_prompt)
     resolve_credentials(credentials)
-    check_bucket(resolve_destination(destination))
+    target = resolve_destination(destination)
+    check_bucket(target)
     settings = get_settings()
     timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
     prediction = create_prediction(
         request, credentials=credentials, webhook=webhook_url,
         webhook_events_filter=["completed"],
-        cancel_after=timeout + settings.cancel_after_margin_seconds,
+        cancel_after=timeout + settings.cancel_after_margin_seconds, ledger=target,
     )
     return prediction.id
 
@@ -119,12 +121,13 @@ def store_prediction(
     """
     started = time.monotonic()
     target = resolve_destination(destination)
+    prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     prediction = get_prediction(prediction_id, credentials=credentials)
     if not prediction.status.is_terminal:
         prediction = await_prediction(prediction, credentials=credentials,
                                       timeout_seconds=timeout_seconds)
     finished = raise_for_outcome(prediction)
-    stored = store_outputs(finished, target, key_prefix=key_prefix,
+    stored = store_outputs(finished, target, key_prefix=prefix,
                            expected_size=expected_size(finished))
     title = f"Stored from webhook: {finished.prompt or finished.id}"
     publish_report(title, finished, stored, target, seconds=time.monotonic() - started)

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
     from prefect_seedream.blocks.s3_destination import S3Destination
     from prefect_seedream.flows.batch.flow import generate_batch
+    from prefect_seedream.flows.batch.manifest_text import ManifestInvalid
     from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult
     from prefect_seedream.flows.image_flows import edit_image, generate_images
     from prefect_seedream.flows.image_flows_async import aedit_image, agenerate_images
+    from prefect_seedream.flows.source_images import SourceRefused
     from prefect_seedream.tasks.errors import (
         AuthenticationFailed,
         CreateOutcomeUnknown,
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
         aget_prediction,
     )
     from prefect_seedream.tasks.replicate_client.prediction import Prediction, PredictionStatus
-    from prefect_seedream.tasks.s3_storage.keys import output_key
+    from prefect_seedream.tasks.s3_storage.keys import UnsafeKey, output_key
     from prefect_seedream.tasks.seedream_input import SeedreamInput
     from prefect_seedream.tasks.storage import StoredImage, store_output, store_outputs
     from prefect_seedream.tasks.storage_async import astore_outputs
@@ -84,7 +86,9 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
                      "acancel_prediction"), "prefect_seedream.tasks.predictions_async"),
     **dict.fromkeys(("Prediction", "PredictionStatus"),
                     "prefect_seedream.tasks.replicate_client.prediction"),
-    "output_key": "prefect_seedream.tasks.s3_storage.keys",
+    **dict.fromkeys(("output_key", "UnsafeKey"), "prefect_seedream.tasks.s3_storage.keys"),
+    "SourceRefused": "prefect_seedream.flows.source_images",
+    "ManifestInvalid": "prefect_seedream.flows.batch.manifest_text",
     "SeedreamInput": "prefect_seedream.tasks.seedream_input",
     **dict.fromkeys(("StoredImage", "store_output", "store_outputs"),
                     "prefect_seedream.tasks.storage"),

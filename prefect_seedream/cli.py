@@ -60,6 +60,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="more than 1 turns on sequential generation (1..15)")
     _storage_flags(parser)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    parser.add_argument("--request-id",
+                        help="name this request (an order number): every run with the same id "
+                             "and input shares one prediction, so a repeat never pays again")
     parser.add_argument("--out", default="out", help="also save copies here (default ./out)")
     parser.add_argument("--no-copies", action="store_true", help="do not save local copies")
     parser.add_argument(
@@ -191,6 +194,7 @@ def _run(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
     options: dict[str, Any] = {
         "size": args.size, "aspect_ratio": args.aspect_ratio, "width": args.width,
         "height": args.height, "max_images": args.max_images, "timeout_seconds": args.timeout,
+        "request_id": args.request_id,
     }
     with _targets(args, ctx) as targets:
         s3 = targets.pop("s3", None)

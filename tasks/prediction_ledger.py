@@ -1,12 +1,26 @@
-"""Where a flow run remembers the predictions it paid for, so nothing is paid twice or left running.
+"""The prediction ledger: one durable record per logical request, so nothing is paid twice or
+left running, whichever process, retry or run asks.
 
-Each prediction a flow run creates is written to a Prefect Variable the moment its id is known:
-`seedream-{flow_run_id}-{request_key}` -> `{"prediction_id": ..., "status": ...}`. The key names
-the request by what was asked for (`request_identity`: an S3 source by its URI and ETag, never by
-the presigned URL an attempt sends), so a task retry, a flow retry or a re-run of a crashed flow
-run finds it and re-attaches instead of creating again; the flow's cancellation and crash hooks
-(which run in another process) read it to cancel what is still running. Outside a flow run
-there is nothing to key on, so nothing is written.
+Records live in S3 beside the images, under `{prefix}/_ledger/`, and every change is a
+conditional write: a claim is `PutObject(IfNoneMatch="*")`, so of two runs that want the same
+request at once exactly one creates it and the other attaches to that prediction; an update is
+`PutObject(IfMatch=<etag>)`, so nobody overwrites a record that changed under them. Records are
+small and hold no prompt (a request is found again by `RequestMatch`: field names and a digest).
+
+- `{prefix}/_ledger/runs/{flow_run_id}/{key}.json`: a flow's or task's request, scoped to its flow
+  run (its retries and re-runs share it; `idempotency_key` tells deliberate repeats apart);
+- `{prefix}/_ledger/items/{key}.json`: a batch item, shared by every run of that batch prefix;
+- `{prefix}/_ledger/requests/{key}.json`: a request named by the caller's `request_id` (an
+  order number, an event id), shared by every run that names it, like a batch item;
+- `{prefix}/_ledger/open/{flow_run_id}/{scope}/{key}`: a pointer to a shared record the run owns
+  and has not seen finish, for its cancellation and crash hooks.
+
+A record moves `sending` (claimed; the create is on its way) -> `created` (the prediction id is
+known) -> `ended`; or `sending` -> `released` (the create failed and made nothing). Nothing is
+ever deleted but a run's own open pointers. The key names the request by what was asked for
+(`request_identity`: an S3 source by its URI and ETag, never by the presigned URL an attempt
+sends). The claim protocol itself (attach, wait, reconcile, take over) is
+`prefect_seedream.tasks.prediction_support.CreatePlan.obtain`.
 """
 
 from __future__ import annotations
@@ -14,16 +28,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prefect_seedream.blocks.s3_destination import join_key_parts
 from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
+
+if TYPE_CHECKING:
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 logger = logging.getLogger("prefect_seedream.ledger")
 
-PREFIX = "seedream-"
+#: Scope of batch items: shared by every run that writes under the same prefix.
+ITEMS = "items"
+#: Scope of requests named by the caller (`request_id`): shared by every run, like items.
+REQUESTS = "requests"
+SENDING, CREATED, ENDED, RELEASED = "sending", "created", "ended", "released"
 
 
 def source_identity(source: str, etag: str | None = None) -> str:
@@ -98,10 +124,6 @@ def request_key(
     return identity[:24]
 
 
-def entry_name(flow_run_id: str, key: str) -> str:
-    return f"{PREFIX}{flow_run_id}-{key}"
-
-
 def current_flow_run_id() -> str | None:
     from prefect.runtime import flow_run
 
@@ -109,151 +131,268 @@ def current_flow_run_id() -> str | None:
     return str(value) if value else None
 
 
-# Entries this process has seen, so the common path costs one API call per step: prediction id
-# -> entry name (for `settle`), and names known to exist (update instead of create).
+def named_key(request_id: str, identity: str) -> str:
+    """The key of a request the caller named: its `request_id` with what was asked for, so
+    the same id with another input is another request, never someone else's images."""
+    return hashlib.sha256(f"{request_id}\n{identity}".encode()).hexdigest()[:32]
+
+
+def run_scope(flow_run_id: str) -> str:
+    """The scope of a flow run's own requests."""
+    return f"runs/{flow_run_id}"
+
+
+# Claims this process holds while their create is on its way: a `sending` record written by
+# this host and process under a token not in here belongs to an attempt that already ended.
+_live: set[str] = set()
 _lock = threading.Lock()
-_entry_of: dict[str, str] = {}
-_existing: set[str] = set()
+_HOST = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _note(name: str, prediction_id: str) -> None:
+def new_token() -> str:
+    token = f"{_HOST}:{uuid.uuid4().hex[:12]}"
     with _lock:
-        _entry_of[prediction_id] = name
-        _existing.add(name)
+        _live.add(token)
+    return token
 
 
-def recall(name: str) -> dict[str, Any] | None:
-    """The entry saved under `name`, or None (also when the API cannot be reached)."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            variable = client.read_variable_by_name(name)
-    except Exception as exc:  # the ledger must never be why a prediction fails
-        logger.warning("could not read prediction ledger entry %s: %s", name, type(exc).__name__)
-        return None
-    value = variable.value if variable is not None else None
-    if not isinstance(value, dict):
-        return None
-    if value.get("prediction_id"):
-        _note(name, str(value["prediction_id"]))
-    return value
+def retire(token: str) -> None:
+    with _lock:
+        _live.discard(token)
 
 
-def remember(name: str, prediction_id: str, status: PredictionStatus | str) -> None:
-    """Create or update an entry (one API call when this process knows which); failures are
-    logged, never raised."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    value = {"prediction_id": prediction_id, "status": PredictionStatus(status).value}
-    try:
-        with get_client(sync_client=True) as client:
-            if name not in _existing:
-                try:
-                    client.create_variable(
-                        VariableCreate(name=name, value=value, tags=["seedream"])
-                    )
-                except ObjectAlreadyExists:
-                    client.update_variable(VariableUpdate(name=name, value=value))
-            else:
-                client.update_variable(VariableUpdate(name=name, value=value))
-        _note(name, prediction_id)
-    except Exception as exc:
-        logger.warning("could not write prediction ledger entry %s: %s", name, type(exc).__name__)
+def owner_gone(token: object) -> bool:
+    """Whether a claim's owner is known to be gone: an attempt of this very process that ended.
+    An owner elsewhere cannot be told apart from a slow one, so it is waited for."""
+    text = str(token or "")
+    host, _, _ = text.rpartition(":")
+    with _lock:
+        return host == _HOST and text not in _live
 
 
-def fingerprint(model: str, input: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a request in the list of predictions, safe to store: image URLs (which may
-    be presigned) are replaced by placeholders, since they are compared by count only."""
-    safe = dict(input)
-    if "image_input" in safe:
-        safe["image_input"] = ["(url)"] * len(safe["image_input"])
-    return {"model": model, "input": safe}
+class Ledger:
+    """The ledger under one prefix of a destination (`{prefix}/_ledger/`)."""
 
+    def __init__(self, destination: S3Destination, prefix: str) -> None:
+        self.destination = destination
+        self.prefix = prefix
+        self.root = join_key_parts(prefix, "_ledger")
 
-def remember_pending(name: str, sent_at: datetime, model: str, input: dict[str, Any]) -> None:
-    """Before a sync-mode create (whose id arrives only with its answer): note that one is on its
-    way, so a crash or cancel in between can still find the prediction by its request."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-    from prefect.exceptions import ObjectAlreadyExists
+    def path(self, scope: str, key: str) -> str:
+        return join_key_parts(self.root, scope, f"{key}.json")
 
-    value = {"prediction_id": None, "status": "pending", "sent_at": sent_at.isoformat(),
-             **fingerprint(model, input)}
-    try:
-        with get_client(sync_client=True) as client:
-            try:
-                client.create_variable(VariableCreate(name=name, value=value, tags=["seedream"]))
-            except ObjectAlreadyExists:
-                client.update_variable(VariableUpdate(name=name, value=value))
-        with _lock:
-            _existing.add(name)
-    except Exception as exc:
-        logger.warning("could not write prediction ledger entry %s: %s", name, type(exc).__name__)
+    def open_path(self, run: str, scope: str, key: str) -> str:
+        return join_key_parts(self.root, "open", run, scope, key)
 
+    def read(self, path: str) -> tuple[dict[str, Any], str] | None:
+        """A record and its ETag, or None when there is none."""
+        client = self.destination.get_client()
+        try:
+            obj = client.get_object(Bucket=self.destination.bucket, Key=path)
+        except client.exceptions.NoSuchKey:
+            return None
+        value = json.loads(obj["Body"].read())
+        return (value if isinstance(value, dict) else {}), str(obj["ETag"])
 
-def _all(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every ledger entry of one flow run, as (variable name, value), page by page."""
-    from prefect.client.orchestration import get_client
+    def write(self, path: str, record: Mapping[str, Any], *, etag: str | None) -> str | None:
+        """Write `record` only if `path` is absent (`etag` None) or unchanged since `etag` was
+        read; the new ETag, or None when another writer got there first."""
+        from botocore.exceptions import ClientError
 
-    found: list[tuple[str, dict[str, Any]]] = []
-    page, offset = 200, 0
-    with get_client(sync_client=True) as client:
-        while True:
-            response = client.request(
-                "POST",
-                "/variables/filter",
-                json={"variables": {"name": {"like_": f"{PREFIX}{flow_run_id}-%"}},
-                      "limit": page, "offset": offset},
+        body = json.dumps({**record, "nonce": uuid.uuid4().hex}, sort_keys=True).encode()
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            answer = self.destination.get_client().put_object(
+                Bucket=self.destination.bucket, Key=path, Body=body,
+                ContentType="application/json", **condition,  # type: ignore[arg-type]
             )
-            batch = response.json()
-            found += [(str(v["name"]), v["value"]) for v in batch
-                      if isinstance(v.get("value"), dict)]
-            if len(batch) < page:
-                return found
-            offset += page
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412) or error.get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict"):
+                return None
+            raise
+        return str(answer["ETag"])
+
+    def mark_open(self, run: str, scope: str, key: str) -> None:
+        self.destination.get_client().put_object(
+            Bucket=self.destination.bucket, Key=self.open_path(run, scope, key),
+            Body=self.path(scope, key).encode(), ContentType="text/plain",
+        )
+
+    def close(self, run: str, scope: str, key: str) -> None:
+        """Delete the run's own open pointer (never another run's)."""
+        self.destination.get_client().delete_object(
+            Bucket=self.destination.bucket, Key=self.open_path(run, scope, key))
+
+    def _keys(self, prefix: str) -> list[str]:
+        client = self.destination.get_client()
+        found: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.destination.bucket, Prefix=prefix + "/"):
+            found += [str(obj["Key"]) for obj in page.get("Contents", [])]
+        return found
+
+    def records_of(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """Every record a flow run owns: its own scope, and the shared records it holds open."""
+        paths = self._keys(join_key_parts(self.root, run_scope(flow_run_id)))
+        client = self.destination.get_client()
+        for pointer in self._keys(join_key_parts(self.root, "open", flow_run_id)):
+            body = client.get_object(Bucket=self.destination.bucket, Key=pointer)["Body"]
+            paths.append(body.read().decode())
+        found = []
+        for path in paths:
+            read = self.read(path)
+            if read is not None and read[0].get("run") == flow_run_id:
+                found.append(read[0])
+        return found
 
 
-def entries(flow_run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """The entries of one flow run that name a prediction."""
-    return [(name, value) for name, value in _all(flow_run_id) if value.get("prediction_id")]
+@dataclass
+class Claim:
+    """One request's record, as this attempt last read or wrote it."""
+
+    ledger: Ledger
+    scope: str
+    key: str
+    run: str
+    token: str = ""  # set by each `send`
+    record: dict[str, Any] = field(default_factory=dict)
+    etag: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.ledger.path(self.scope, self.key)
+
+    @property
+    def shared(self) -> bool:
+        return self.scope in (ITEMS, REQUESTS)
+
+    @property
+    def mine(self) -> bool:
+        return self.record.get("owner") == self.token
+
+    def refresh(self) -> dict[str, Any] | None:
+        read = self.ledger.read(self.path)
+        self.record, self.etag = read if read is not None else ({}, None)
+        return read[0] if read is not None else None
+
+    def _put(self, record: dict[str, Any], *, replace: bool) -> bool:
+        etag = self.ledger.write(self.path, record, etag=self.etag if replace else None)
+        if etag is None:
+            return False
+        self.record, self.etag = record, etag
+        return True
+
+    def send(self, *, sent_at: datetime, match: Mapping[str, Any], window: float,
+             replace: bool) -> bool:
+        """Claim the request for a create about to be sent: a new record, or (`replace`) one
+        judged free (released, ended unpaid, or lost) as last read. False: someone else won.
+
+        Each claim is made under a fresh token, live in this process until the create's
+        outcome is recorded (`retire`), so another attempt here can tell a live claim from the
+        leftover of one that died."""
+        self.token = new_token()
+        history = list(self.record.get("history") or [])
+        if self.record.get("prediction_id"):
+            history.append(self.record["prediction_id"])
+        won = self._put({
+            "v": 1, "key": self.key, "scope": self.scope, "run": self.run, "owner": self.token,
+            "state": SENDING, "sent_at": sent_at.isoformat(), "window": window,
+            "match": dict(match), "prediction_id": None, "status": None, "history": history,
+        }, replace=replace)
+        if not won:
+            retire(self.token)
+        elif self.shared:
+            self.ledger.mark_open(self.run, self.scope, self.key)
+        return won
+
+    def created(self, prediction_id: str, status: PredictionStatus, *, adopt: bool = False
+                ) -> bool:
+        """Record the prediction this claim's create made (or, `adopt`, the one a lost create
+        was found to have made). False: the record changed under us."""
+        record = {**self.record, "state": CREATED, "prediction_id": prediction_id,
+                  "status": PredictionStatus(status).value}
+        if adopt:
+            record.update(owner=self.token, run=self.run)
+        won = self._put(record, replace=True)
+        if won and adopt and self.shared:
+            self.ledger.mark_open(self.run, self.scope, self.key)
+        return won
+
+    def release(self) -> None:
+        """The create failed and made nothing: the request is free for the next attempt."""
+        if self.mine and self.record.get("state") == SENDING:
+            self._put({**self.record, "state": RELEASED}, replace=True)
+            if self.shared:
+                self.ledger.close(self.run, self.scope, self.key)
+
+    def end(self, prediction_id: str, status: PredictionStatus) -> None:
+        """Record a prediction's terminal state; a run closes only its own open pointer.
+
+        A batch item's record is left at `created`: its `result.json` is what "done" means,
+        and a re-run reads the prediction anyway, so one write per item is saved."""
+        for _ in range(0 if self.scope == ITEMS else 3):
+            if self.record.get("prediction_id") != prediction_id:
+                break
+            if self._put({**self.record, "state": ENDED,
+                          "status": PredictionStatus(status).value}, replace=True):
+                break
+            if self.refresh() is None:
+                break
+        if self.shared and self.record.get("run") == self.run:
+            self.ledger.close(self.run, self.scope, self.key)
 
 
-def pending_requests(flow_run_id: str) -> list[dict[str, Any]]:
-    """This flow run's sync-mode creates that never heard their answer."""
-    return [value for _, value in _all(flow_run_id) if value.get("status") == "pending"]
+# The claims of predictions this process created or attached to, by prediction id, so a wait
+# that ends can record it with one conditional write.
+_claims: dict[str, Claim] = {}
 
 
-def _is_terminal(status: object) -> bool:
-    try:
-        return PredictionStatus(status).is_terminal
-    except ValueError:
-        return False
-
-
-def open_predictions(flow_run_id: str) -> list[str]:
-    """Ids of this flow run's predictions that were not seen reaching a terminal state."""
-    return [
-        str(value["prediction_id"])
-        for _, value in entries(flow_run_id)
-        if not _is_terminal(value.get("status"))
-    ]
+def track(prediction_id: str, claim: Claim) -> None:
+    with _lock:
+        _claims[prediction_id] = claim
 
 
 def settle(prediction_id: str, status: PredictionStatus) -> None:
-    """Record a prediction's terminal state in the current flow run's ledger, if any."""
-    flow_run_id = current_flow_run_id()
-    if not flow_run_id:
+    """Record a prediction's terminal state, if this process holds its claim; failures are
+    logged, never raised (the record then shows it open, and a hook's cancel is idempotent)."""
+    if not PredictionStatus(status).is_terminal:
         return
-    known = _entry_of.get(prediction_id)
-    if known is not None and known.startswith(f"{PREFIX}{flow_run_id}-"):
-        remember(known, prediction_id, status)
+    with _lock:
+        claim = _claims.pop(prediction_id, None)
+    if claim is None:
         return
     try:
-        for name, value in entries(flow_run_id):
-            if value.get("prediction_id") == prediction_id:
-                remember(name, prediction_id, status)
+        claim.end(prediction_id, status)
     except Exception as exc:
-        logger.warning("could not update the prediction ledger: %s", type(exc).__name__)
+        logger.warning("could not update prediction ledger record %s: %s", claim.key,
+                       type(exc).__name__)
+
+
+def is_open(record: Mapping[str, Any]) -> bool:
+    """A record whose prediction may still be running (or whose create may have made one)."""
+    if record.get("state") == SENDING:
+        return True
+    if record.get("state") != CREATED:
+        return False
+    try:
+        return not PredictionStatus(record.get("status")).is_terminal
+    except ValueError:
+        return True
+
+
+__all__ = [
+    "ITEMS",
+    "REQUESTS",
+    "Claim",
+    "Ledger",
+    "current_flow_run_id",
+    "is_open",
+    "request_identity",
+    "request_key",
+    "run_scope",
+    "settle",
+    "source_identity",
+]

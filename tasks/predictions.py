@@ -14,16 +14,23 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks import prediction_ledger
 from prefect_seedream.tasks.concurrency import acquire_create_slot
 from prefect_seedream.tasks.connections import replicate_api
-from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, retry_policy
+from prefect_seedream.tasks.prediction_support import (
+    ledger_for,
+    plan_create,
+    plan_wait,
+    retry_policy,
+    run_create,
+)
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 
 @task(
@@ -41,14 +48,18 @@ def create_prediction(
     cancel_after: float | None = None,
     idempotency_key: str | None = None,
     sources: list[str] | None = None,
+    ledger: S3Destination | str | None = None,
+    request_id: str | None = None,
 ) -> Prediction:
     """Create a prediction and return it (id, status, urls, ...).
 
-    Input is validated before anything is sent. Inside a flow run the prediction id is written to
-    the prediction ledger as soon as it is known, under the request's identity (model, input and
-    `sources`), and a retry of this task or of the flow run asking for the same re-attaches to it
-    instead of paying again. 429s are retried as Replicate asks; a create whose answer was lost
-    is found again in the list of recent predictions, by the input this attempt sent.
+    Input is validated before anything is sent. Inside a flow run the request is claimed in the
+    prediction ledger (`prefect_seedream.tasks.prediction_ledger`, in S3) under its identity
+    (model, input and `sources`) before it is sent, and the prediction id is recorded as soon
+    as it is known: a retry of this task or of the flow run, in this process or another,
+    re-attaches to it instead of paying again. 429s are retried as Replicate asks; a create
+    whose answer was lost is found again in the list of recent predictions; when that list
+    cannot be read, nothing is sent again (`CreateOutcomeUnknown`, naming the request key).
 
     Args:
         input: A `SeedreamInput` or a dict of its fields.
@@ -60,6 +71,12 @@ def create_prediction(
         cancel_after: Server-side deadline in seconds (`Cancel-After`); None uses the settings'
             timeout plus margin, 0 sends none.
         idempotency_key: Tells deliberate repeats of the same input within a flow run apart.
+        ledger: Where the ledger lives: an `S3Destination` (its prefix's `_ledger/`), a saved
+            block's name, or None for the settings' destination. With none configured, no
+            record is kept and a retry of this task may pay again.
+        request_id: Names the request across runs (an order number, an event's id): every
+            run, worker or retry that asks for the same input under the same id shares one
+            prediction, even at the same moment. None: the request belongs to this flow run.
         sources: What each `image_input` entry is, in order, when the URL sent changes from one
             attempt to the next (a presigned URL): e.g. `source_identity("s3://b/k.jpg", etag)`.
             The ledger then names the request by these, so a retry that presigns again still
@@ -79,20 +96,9 @@ def create_prediction(
     plan = plan_create(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
-        sources=sources,
+        sources=sources, ledger_at=ledger_for(ledger), request_id=request_id,
     )
-    saved = ledger.recall(plan.entry) if plan.entry else None
-    if saved and (earlier := plan.reattached(plan.api.run(plan.reattach(saved)))):
-        return earlier
-    acquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
-    plan.pending()
-    try:
-        created = plan.api.run(plan.create(), on_note=plan.log.info)
-    except BaseException as exc:
-        if (cleanup := plan.interrupted(exc)) is not None:
-            plan.api.run(cleanup, on_note=plan.log.warning)
-        raise
-    return plan.created(created)
+    return run_create(plan, acquire_create_slot)
 
 
 @task(
@@ -143,5 +149,5 @@ def cancel_prediction(
     api = replicate_api(credentials)
     result: Prediction | None = api.run(protocol.cancel(prediction_id, policy=retry_policy()))
     if result is not None:
-        ledger.settle(prediction_id, result.status)
+        prediction_ledger.settle(prediction_id, result.status)
     return result

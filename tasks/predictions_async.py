@@ -31,16 +31,23 @@ from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks import prediction_ledger
 from prefect_seedream.tasks.concurrency import aacquire_create_slot
 from prefect_seedream.tasks.connections import replicate_api
-from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, retry_policy
+from prefect_seedream.tasks.errors import CreateOutcomeUnknown
+from prefect_seedream.tasks.prediction_support import (
+    ledger_for,
+    plan_create,
+    plan_wait,
+    retry_policy,
+)
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.seedream_input import SeedreamInput
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+    from prefect_seedream.blocks.s3_destination import S3Destination
 
 
 @task(
@@ -58,28 +65,34 @@ async def acreate_prediction(
     cancel_after: float | None = None,
     idempotency_key: str | None = None,
     sources: list[str] | None = None,
+    ledger: S3Destination | str | None = None,
+    request_id: str | None = None,
 ) -> Prediction:
-    """Async `create_prediction`: same arguments, same guarantees."""
+    """Async `create_prediction`: same arguments, same guarantees (the ledger's claim runs in a
+    worker thread)."""
     plan = await to_thread.run_sync(lambda: plan_create(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
-        sources=sources,
+        sources=sources, ledger_at=ledger_for(ledger), request_id=request_id,
     ))
-    saved = await to_thread.run_sync(ledger.recall, plan.entry) if plan.entry else None
-    if saved and (earlier := plan.reattached(await plan.api.arun(plan.reattach(saved)))):
-        return earlier
-    await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
-    await to_thread.run_sync(plan.pending)
-    try:
-        created = await plan.api.arun(plan.create(), on_note=plan.log.info)
-    except BaseException as exc:
-        if (cleanup := plan.interrupted(exc)) is not None:
+    while True:
+        if (earlier := await to_thread.run_sync(plan.obtain, abandon_on_cancel=True)):
+            return earlier
+        await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
+        try:
+            created = await plan.api.arun(plan.create(), on_note=plan.log.info)
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await plan.api.arun(cleanup, on_note=plan.log.warning)
-        raise
-    with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
-        recorded: Prediction = await to_thread.run_sync(plan.created, created)
-    return recorded
+                cleanup = await to_thread.run_sync(plan.interrupted, exc)
+                if cleanup is not None:
+                    await plan.api.arun(cleanup, on_note=plan.log.warning)
+            if isinstance(exc, CreateOutcomeUnknown):
+                raise plan.unknown(exc) from exc
+            raise
+        with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
+            recorded = await to_thread.run_sync(plan.created, created)
+        if recorded is not None:
+            return recorded
 
 
 @task(
@@ -141,5 +154,5 @@ async def acancel_prediction(
             protocol.cancel(prediction_id, policy=retry_policy())
         )
         if result is not None:
-            await to_thread.run_sync(ledger.settle, result.id, result.status)
+            await to_thread.run_sync(prediction_ledger.settle, result.id, result.status)
     return result

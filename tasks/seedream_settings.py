@@ -32,6 +32,13 @@ class SeedreamSettings(BaseSettings):
     )
     bucket: str | None = Field(default=None, description="Default S3 bucket for outputs.")
     prefix: str = Field(default="seedream", description="Default key prefix for outputs.")
+    source_buckets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Buckets besides SEEDREAM_BUCKET that s3:// edit sources may come from, as a JSON "
+            "list (the settings' destination's `source_buckets`)."
+        ),
+    )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint (MinIO, R2, a local moto server); None for AWS."
     )
@@ -58,12 +65,60 @@ class SeedreamSettings(BaseSettings):
         description="New predictions the flows try after 'Prediction interrupted (code: PA)'.",
     )
     create_attempts: int = Field(default=6, ge=1, description="Most create attempts on 429/5xx.")
+    claim_window_seconds: float = Field(
+        default=90.0, gt=0,
+        description=(
+            "How long another run's create may stay unanswered (plus its sync wait) before a "
+            "run that wants the same request looks for what it made and takes over."
+        ),
+    )
     max_rate_limit_wait_seconds: float = Field(
         default=60.0, gt=0, description="Longest single wait honoured after a 429."
+    )
+    source_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts (`cdn.example.com` or `cdn.example.com:8443`) https edit sources may come "
+            "from, as a JSON list; empty accepts any host on a public address."
+        ),
+    )
+    source_private_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts (`host` or `host:port`, JSON list) edit sources may come from although they "
+            "resolve to loopback, private or link-local addresses (a local MinIO, the sandbox); "
+            "plain http is accepted only from these, and only on loopback."
+        ),
+    )
+    source_max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="The most bytes of one edit source the worker reads to size or hash it.",
+    )
+    contact_sheet_max_images: int = Field(
+        default=64, ge=1, description="The most images one contact sheet reads."
+    )
+    contact_sheet_max_image_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="The most bytes of one image a contact sheet reads (streamed, never whole).",
     )
     rate_limit_name: str | None = Field(
         default=None,
         description="Prefect global rate limit every create takes a slot of (None: off).",
+    )
+    manifest_root: str | None = Field(
+        default=None,
+        description=(
+            "Directory that local batch manifests must lie in (symlinks resolved); set it for "
+            "deployments. When set, a manifest name without ./ or / is always a key under the "
+            "destination. None: any local path, and a local file of a bare name wins over the key."
+        ),
+    )
+    max_output_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1,
+        description=(
+            "Largest output file stored as an image (Seedream's 4K JPEGs are a few MB); a "
+            "larger one is kept under _quarantine/ and its store fails with OutputInvalid."
+        ),
     )
 
 

@@ -63,6 +63,19 @@ def bucket(s3_client: Any) -> str:
 
 
 @pytest.fixture
+def destination(s3_endpoint: str, bucket: str) -> Any:
+    """An `S3Destination` on the test's bucket, prefix `runs` (a test module may define its own)."""
+    from pydantic import SecretStr
+
+    from prefect_seedream.blocks import S3Destination
+
+    return S3Destination(
+        bucket=bucket, prefix="runs", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key=SecretStr("testing"),
+    )
+
+
+@pytest.fixture
 def credentials(seedream_sandbox: Any) -> Any:
     """`ReplicateCredentials` for the session's sandbox (a test module may define its own)."""
     from pydantic import SecretStr
@@ -123,6 +136,36 @@ def record_hostile(request: pytest.FixtureRequest) -> Any:
             "created": created, "outside_writes": outside_writes,
             "internal_requests": internal_requests,
         })
+
+    return record
+
+
+@pytest.fixture
+def record_cell(request: pytest.FixtureRequest) -> Any:
+    """Record one measured cell of RELIABILITY.md's fault matrix (rows faults, columns entry
+    points): `created` predictions for `requests` logical requests, `left_running` afterwards,
+    `outputs_lost` (images Replicate made that are in S3 neither as images nor in quarantine)."""
+
+    def record(entry: str, fault: str, *, created: int, requests: int = 1, left_running: int,
+               outputs_lost: int, handling: str) -> None:
+        _OUTCOMES.append({
+            "table": "matrix", "entry": entry, "fault": fault, "handling": handling,
+            "test": request.node.nodeid, "created": created, "requests": requests,
+            "created_per_request": created / max(1, requests), "left_running": left_running,
+            "outputs_lost": outputs_lost,
+        })
+
+    return record
+
+
+@pytest.fixture
+def record_na(request: pytest.FixtureRequest) -> Any:
+    """Record a cell of the fault matrix that does not apply, with the reason (`why`); a reason
+    starting "pending:" marks a cell waiting for a feature rather than one that cannot apply."""
+
+    def record(entry: str, fault: str, why: str) -> None:
+        _OUTCOMES.append({"table": "matrix", "entry": entry, "fault": fault, "na": why,
+                          "test": request.node.nodeid})
 
     return record
 

@@ -98,7 +98,7 @@ def test_invalid_rows_are_reported_together_with_line_numbers_before_any_request
         generate_batch(str(manifest), credentials=credentials, destination=destination)
     problems = "\n".join(info.value.problems)
     for expected in ("line 2: size", "line 3: not valid JSON", "line 5: an edit needs 'images'",
-                     "line 6: unknown field 'colour'", "line 7: id 'ok' is already used on line 1"):
+                     "line 6: key #2 is not a field", "line 7: the same id as line 1"):
         assert expected in problems
     assert len(info.value.problems) == 5  # the missing source is checked once the rows are valid
     assert seedream_sandbox.counters()["creates"] == 0
@@ -430,11 +430,13 @@ def test_rerun_after_a_killed_run_reattaches_instead_of_paying_again(
     credentials: ReplicateCredentials, destination: S3Destination, s3_client: Any,
     seedream_sandbox: Any,
 ) -> None:
-    import json
-
     import replicate
 
     from prefect_seedream.flows.batch.manifest import check_rows
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
+    from prefect_seedream.tasks.replicate_client.request_builders import RequestMatch
     from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
     rows = prompts(2)
@@ -443,18 +445,24 @@ def test_rerun_after_a_killed_run_reattaches_instead_of_paying_again(
     for obj in s3_client.list_objects_v2(Bucket=destination.bucket).get("Contents", []):
         s3_client.delete_object(Bucket=destination.bucket, Key=obj["Key"])
     seedream_sandbox.reset()
-    # A run that was killed after creating the first item's prediction, before storing it:
+    # A run that was killed after creating the first item's prediction, before storing it,
+    # left its ledger record (written by the ledger's own code) and its open pointer:
     client = replicate.Client(api_token=seedream_sandbox.api_token,
                               base_url=seedream_sandbox.base_url)
     request = check_rows(rows[:1])[0].request()
     orphan = client.models.predictions.create(model=MODEL_SLUG, input=request.to_request())
-    s3_client.put_object(Bucket=destination.bucket,
-                         Key=f"{destination.prefix}/batch/_running/killed-run/{key}.json",
-                         Body=json.dumps({"prediction_id": orphan.id}).encode())
+    killed = ledger.Claim(ledger.Ledger(destination, destination.prefix), ledger.ITEMS, key,
+                          run="killed-run")
+    assert killed.send(sent_at=utcnow(), match=RequestMatch.of(
+        MODEL_SLUG, request.to_request()).to_json(), window=90, replace=False)
+    assert killed.created(orphan.id, PredictionStatus.STARTING)
 
     result = run(rows, credentials, destination)
-    assert [i.status for i in result.items] == ["succeeded", "succeeded"]
+    # The orphan is re-attached (this run paid nothing for it), the second item is created.
+    assert [i.status for i in result.items] == ["attached", "succeeded"]
+    assert [i.cost_usd for i in result.items] == [0.0, 0.03]
     assert seedream_sandbox.counters()["creates"] == 2  # the orphan and the second item only
     assert len(seedream_sandbox.predictions()) == 2
     assert orphan.id in " ".join(result.items[0].uris)
-    assert not [k for k in keys(s3_client, destination.bucket) if "/_running/" in k]
+    open_pointers = [k for k in keys(s3_client, destination.bucket) if "/_ledger/open/" in k]
+    assert len(open_pointers) == 1 and "/open/killed-run/" in open_pointers[0]  # not ours

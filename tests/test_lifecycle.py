@@ -4,6 +4,7 @@ the sandbox over real HTTP, for the sync tasks and their async twins alike."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -135,12 +136,13 @@ def test_lost_create_answers_with_the_list_down_stop_instead_of_paying_again(
 
 def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(
     credentials: ReplicateCredentials, seedream_sandbox: Any, record_outcome: Any,
+    destination: Any,
 ) -> None:
     attempts: list[str] = []
 
     @flow(retries=1, retry_delay_seconds=0)
     def flaky() -> str:
-        prediction = create_prediction(REQUEST, credentials=credentials)
+        prediction = create_prediction(REQUEST, credentials=credentials, ledger=destination)
         attempts.append(prediction.id)
         if len(attempts) == 1:
             raise RuntimeError("the flow fails after paying, before storing")
@@ -150,18 +152,18 @@ def test_retry_inside_a_flow_run_reattaches_to_the_same_prediction(
     assert attempts == [final_id, final_id]
     assert len(made(seedream_sandbox)) == 1
     record_outcome("flow retried after the create (or crashed and re-run)",
-                   "ledger entry found; re-attached to the same prediction",
+                   "ledger record found; re-attached to the same prediction",
                    created=len(made(seedream_sandbox)), left_running=0)
 
 
 def test_retry_after_a_failed_prediction_creates_a_new_one(
-    credentials: ReplicateCredentials, seedream_sandbox: Any,
+    credentials: ReplicateCredentials, seedream_sandbox: Any, destination: Any,
 ) -> None:
     seedream_sandbox.faults.interrupt_predictions(1)
 
     @flow(retries=1, retry_delay_seconds=0)
     def retried() -> str:
-        prediction = create_prediction(REQUEST, credentials=credentials)
+        prediction = create_prediction(REQUEST, credentials=credentials, ledger=destination)
         return await_prediction(prediction, credentials=credentials).id  # type: ignore[no-any-return]
 
     final_id = retried()
@@ -202,9 +204,12 @@ def test_a_timeout_whose_cancel_fails_says_so_instead_of_claiming_it_stopped(
     with pytest.raises(PredictionTimedOut) as info:
         ops.wait(prediction, timeout_seconds=1)
     message = str(info.value)
-    assert "cancel failed" in message and "Cancel-After deadline still ends it" in message
+    deadline = seedream_sandbox.prediction(prediction.id)["deadline"]  # the backstop
+    assert deadline is not None
+    at = datetime.fromisoformat(deadline.replace("Z", "+00:00"))
+    assert "cancel failed: " in message
+    assert f"the server-side Cancel-After deadline ends it at {at:%H:%M:%S} UTC" in message
     assert "it was cancelled" not in message
-    assert seedream_sandbox.prediction(prediction.id)["deadline"] is not None  # the backstop
 
 
 def test_prefect_task_timeout_cancels_the_prediction(
@@ -339,49 +344,67 @@ def test_retry_condition_retries_interruptions_but_not_content_policy(
     assert len(made(seedream_sandbox)) == 3  # no retry after a content-policy failure
 
 
+def _died_while_sending(destination: Any, body: dict[str, Any],
+                        sources: list[str] | None = None) -> None:
+    """What an attempt that claimed the request, sent its create and died leaves behind: a
+    `sending` record in this flow run's ledger, written by the ledger's own code."""
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
+    from prefect_seedream.tasks.replicate_client.request_builders import RequestMatch
+    from prefect_seedream.tasks.seedream_input import MODEL_SLUG
+
+    flow_run_id = ledger.current_flow_run_id()
+    assert flow_run_id
+    claim = ledger.Claim(ledger.Ledger(destination, destination.prefix),
+                         ledger.run_scope(flow_run_id),
+                         ledger.request_key(MODEL_SLUG, body, None, sources),
+                         run=flow_run_id)
+    assert claim.send(sent_at=utcnow(), match=RequestMatch.of(MODEL_SLUG, body).to_json(),
+                      window=90, replace=False)
+    ledger.retire(claim.token)  # the attempt is gone
+
+
 def test_rerun_after_dying_inside_a_sync_create_reattaches(
     credentials: ReplicateCredentials, seedream_sandbox: Any, record_outcome: Any,
+    destination: Any,
 ) -> None:
     import replicate
 
-    from prefect_seedream.tasks import prediction_ledger as ledger
-    from prefect_seedream.tasks.replicate_client.protocol import utcnow
     from prefect_seedream.tasks.seedream_input import MODEL_SLUG
+
+    prompt = REQUEST.model_copy(update={"prompt": "a paper boat, " + "very " * 1200 + "small"})
+    assert len(prompt.prompt) > 6000  # more than a Prefect Variable could have held
 
     @flow
     def rerun_of_a_crashed_run() -> str:
-        body = REQUEST.to_request()
-        flow_run_id = ledger.current_flow_run_id()
-        assert flow_run_id
-        entry = ledger.entry_name(flow_run_id, ledger.request_key(MODEL_SLUG, body))
-        # The earlier attempt noted its sync-mode create, sent it, and died before the answer.
-        sent_at = utcnow()
-        ledger.remember_pending(entry, sent_at, MODEL_SLUG, body)
+        body = prompt.to_request()
+        # The earlier attempt claimed its sync-mode create, sent it, and died before the answer.
+        _died_while_sending(destination, body)
         client = replicate.Client(api_token=seedream_sandbox.api_token,
                                   base_url=seedream_sandbox.base_url)
         client.models.predictions.create(model=MODEL_SLUG, input=body)
-        return create_prediction(REQUEST, credentials=credentials, wait_seconds=30).id  # type: ignore[no-any-return]
+        return create_prediction(prompt, credentials=credentials, wait_seconds=30,  # type: ignore[no-any-return]
+                                 ledger=destination).id
 
     reattached = rerun_of_a_crashed_run()
     assert [p["id"] for p in made(seedream_sandbox)] == [reattached]
-    record_outcome("process died inside a sync-mode create; the run is re-run",
-                   "pending ledger entry found; the prediction found by its request and reused",
+    record_outcome("process died inside a sync-mode create (a 6,000-character prompt); re-run",
+                   "`sending` ledger record found; the prediction found by its request, reused",
                    created=len(made(seedream_sandbox)), left_running=0)
 
 
 def test_rerun_after_dying_inside_a_sync_edit_create_reattaches_despite_a_new_presign(
     credentials: ReplicateCredentials, seedream_sandbox: Any, s3_client: Any, bucket: str,
-    record_outcome: Any,
+    record_outcome: Any, destination: Any,
 ) -> None:
     """The rerun presigns its S3 source again: its ledger key (source by URI + ETag) still
-    finds the pending entry, and the lost create is found by the input the rerun sends."""
+    finds the record, and the lost create is found by its request's digest."""
     import io
 
     import replicate
     from PIL import Image
 
     from prefect_seedream.tasks import prediction_ledger as ledger
-    from prefect_seedream.tasks.replicate_client.protocol import utcnow
     from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
     image = io.BytesIO()
@@ -401,21 +424,18 @@ def test_rerun_after_dying_inside_a_sync_edit_create_reattaches_despite_a_new_pr
     @flow
     def rerun_of_a_crashed_edit() -> str:
         body = first.to_request()
-        flow_run_id = ledger.current_flow_run_id()
-        assert flow_run_id
-        entry = ledger.entry_name(flow_run_id, ledger.request_key(MODEL_SLUG, body, None, sources))
-        ledger.remember_pending(entry, utcnow(), MODEL_SLUG, body)
+        _died_while_sending(destination, body, sources)
         client = replicate.Client(api_token=seedream_sandbox.api_token,
                                   base_url=seedream_sandbox.base_url)
         client.models.predictions.create(model=MODEL_SLUG, input=body)
         created = create_prediction(rerun, credentials=credentials, wait_seconds=30,
-                                    sources=sources)
+                                    sources=sources, ledger=destination)
         return str(created.id)
 
     reattached = rerun_of_a_crashed_edit()
     assert [p["id"] for p in made(seedream_sandbox)] == [reattached]
     record_outcome("process died inside a sync-mode edit create; the rerun presigns again",
-                   "pending entry found by the source's URI + ETag; the prediction reused",
+                   "record found by the source's URI + ETag; the prediction reused",
                    created=len(made(seedream_sandbox)), left_running=0)
 
 
@@ -435,14 +455,21 @@ def test_interrupted_sync_create_cancels_what_it_made(
     assert running(seedream_sandbox) == []
 
 
-def test_the_ledger_lists_every_open_prediction_of_a_big_run() -> None:
+def test_the_ledger_lists_every_open_prediction_of_a_big_run(destination: Any) -> None:
+    """A crash hook must see every prediction a run left open, past S3's 1,000-key pages."""
     import uuid
 
     from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
 
+    at = ledger.Ledger(destination, destination.prefix)
     flow_run_id = str(uuid.uuid4())
-    for i in range(205):  # more than one page of the API's variable listing
-        ledger.remember(ledger.entry_name(flow_run_id, f"key{i:03d}"), f"pred{i:03d}", "starting")
-    ledger.remember(ledger.entry_name(flow_run_id, "done"), "finished", "succeeded")
-    open_ids = ledger.open_predictions(flow_run_id)
-    assert sorted(open_ids) == [f"pred{i:03d}" for i in range(205)]
+    for i in range(1002):
+        claim = ledger.Claim(at, ledger.run_scope(flow_run_id), f"key{i:04d}", run=flow_run_id)
+        assert claim.send(sent_at=utcnow(), match={}, window=90, replace=False)
+        status = PredictionStatus.SUCCEEDED if i == 1001 else PredictionStatus.STARTING
+        assert claim.created(f"pred{i:04d}", status)
+    records = at.records_of(flow_run_id)
+    open_ids = sorted(str(r["prediction_id"]) for r in records if ledger.is_open(r))
+    assert open_ids == [f"pred{i:04d}" for i in range(1001)]

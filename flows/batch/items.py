@@ -24,12 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from prefect_seedream.flows.batch.keys import (
-    forget_running,
-    item_prefix,
-    mark_running,
-    write_result,
-)
+from prefect_seedream.flows.batch.keys import item_prefix, write_result
 from prefect_seedream.flows.batch.manifest import BatchItem
 from prefect_seedream.flows.source_images import first_image_size, presign_sources
 from prefect_seedream.tasks.concurrency import acquire_create_slot
@@ -38,10 +33,9 @@ from prefect_seedream.tasks.errors import (
     PredictionCanceled,
     PredictionFailed,
     RateLimited,
-    SeedreamError,
 )
-from prefect_seedream.tasks.prediction_ledger import current_flow_run_id
-from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, raise_for_outcome
+from prefect_seedream.tasks.prediction_ledger import Ledger, current_flow_run_id
+from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, run_create
 from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
 from prefect_seedream.tasks.seedream_input import output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
@@ -55,10 +49,12 @@ if TYPE_CHECKING:
 #: Longest a batch keeps re-queuing one item on 429s before giving up on it.
 RATE_LIMIT_PATIENCE_SECONDS = 900.0
 
-Status = Literal["succeeded", "already_done", "duplicate", "failed", "skipped_budget",
-                 "cancelled"]
-#: Statuses that count as "this item's images are in S3".
-DONE: frozenset[str] = frozenset({"succeeded", "already_done", "duplicate"})
+Status = Literal["succeeded", "already_done", "duplicate", "attached", "failed",
+                 "skipped_budget", "cancelled"]
+#: Statuses that count as "this item's images are in S3". `attached`: another run (running at
+#: the same time, or one that crashed) created the prediction; this run waited for it and
+#: stored its images, and paid nothing.
+DONE: frozenset[str] = frozenset({"succeeded", "already_done", "duplicate", "attached"})
 
 
 class ItemOutcome(BaseModel):
@@ -115,11 +111,10 @@ class BatchControl:
         self.price_per_image_usd, self.timeout_seconds = price_per_image_usd, timeout_seconds
         self.item_retries, self.concurrency_limit_name = item_retries, concurrency_limit_name
         self.run_id = str(current_flow_run_id() or "local")
+        self.ledger = Ledger(destination, prefix)
         self.stop = threading.Event()
         self._pause_until = 0.0
-        self._in_flight: dict[str, str] = {}  # item key -> prediction id
-        # item key -> (prediction id, run id) left by an earlier run that crashed or was killed
-        self.leftovers: dict[str, tuple[str, str]] = {}
+        self._in_flight: dict[str, str] = {}  # item key -> prediction id this run owns
         self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
@@ -178,46 +173,32 @@ def _slot(name: str | None) -> Iterator[None]:
         yield
 
 
-def _create_once(request: Any, control: BatchControl, key: str) -> Prediction:
-    """`create_prediction`'s body, recording the id in the batch's own S3 record.
-
-    The per-flow-run prediction ledger (Prefect Variables) costs several API writes and a
-    filter per prediction, which at 16 in flight dominated a batch's run time; the batch keeps
-    the same facts in S3 instead (`batch/_running/{flow_run_id}/{item_key}.json`, one PUT and
-    one DELETE), read by its cancellation and crash hook. Both are keyed by the item key, the
-    request's identity with its sources named by content, so the URLs this attempt presigned
-    play no part in finding what an earlier attempt or run paid for.
+def _create_once(request: Any, control: BatchControl, key: str) -> tuple[Prediction, bool]:
+    """`create_prediction`'s body, with the item's ledger record shared by every run of the
+    batch (`{prefix}/_ledger/items/{item_key}.json`): of two runs that want the item at once,
+    one creates and the other attaches. The item key is the request's identity with its
+    sources named by content, so the URLs this attempt presigned play no part in finding what
+    an earlier attempt or run paid for. Returns the prediction and whether this run owns it.
     """
     margin = get_settings().cancel_after_margin_seconds
     plan = plan_create(request, control.credentials, webhook=None, webhook_events_filter=None,
                        wait_seconds=None, cancel_after=control.timeout_seconds + margin,
-                       idempotency_key=key)
-    plan.entry = None
-    earlier = control.leftovers.pop(key, None)
-    if earlier is not None:
-        try:
-            found = plan.api.run(plan.reattach({"prediction_id": earlier[0]}))
-        except SeedreamError:  # gone from Replicate (or unreadable): make a new one
-            found = None
-        forget_running(control.destination, control.prefix, earlier[1], key)
-        if (prediction := plan.reattached(found)) is not None:
-            control.track(key, prediction.id)
-            mark_running(control.destination, control.prefix, control.run_id, key, prediction.id)
-            return prediction
-    acquire_create_slot()  # the shared create budget, when SEEDREAM_RATE_LIMIT_NAME is set
-    prediction = plan.created(plan.api.run(plan.create(), on_note=plan.log.info))
-    control.track(key, prediction.id)
-    mark_running(control.destination, control.prefix, control.run_id, key, prediction.id)
-    return prediction
+                       idempotency_key=None, ledger_at=control.ledger, item_key=key)
+    prediction = run_create(plan, acquire_create_slot)
+    ours = plan.claim is None or plan.claim.record.get("run") == control.run_id
+    if ours:
+        control.track(key, prediction.id)
+    return prediction, ours
 
 
 def _await(prediction: Prediction, control: BatchControl) -> Prediction:
     """`await_prediction`'s body: poll with backoff; any way out cancels the prediction."""
     plan = plan_wait(prediction, control.credentials, control.timeout_seconds)
-    return raise_for_outcome(plan.run_blocking())
+    return plan.finished(plan.run_blocking())
 
 
-def _create(item: BatchItem, key: str, request: Any, control: BatchControl) -> Prediction:
+def _create(item: BatchItem, key: str, request: Any, control: BatchControl
+            ) -> tuple[Prediction, bool]:
     """Create, re-queuing on 429s that outlast the create's own retries."""
     deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
     delay = 1.0
@@ -248,18 +229,21 @@ def _request(item: BatchItem, control: BatchControl) -> tuple[Any, tuple[int, in
         return request, None
 
 
-def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Prediction, Any]:
-    """A succeeded prediction for the item, retrying transient model failures."""
+def _predict(item: BatchItem, key: str, control: BatchControl
+             ) -> tuple[Prediction, Any, bool]:
+    """A succeeded prediction for the item, retrying transient model failures; with the size
+    to expect and whether this run paid for it."""
     attempt = 0
     while True:
         request, expected = _request(item, control)
         with _slot(control.concurrency_limit_name):
-            prediction = _create(item, key, request, control)
+            prediction, ours = _create(item, key, request, control)
             try:
                 if control.stop.is_set():  # stopped while this create was in the air
-                    control.cancel_one(prediction.id)
+                    if ours:
+                        control.cancel_one(prediction.id)
                     raise BatchStopped
-                return _await(prediction, control), expected
+                return _await(prediction, control), expected, ours
             except PredictionFailed as exc:
                 if not exc.retryable or attempt >= control.item_retries:
                     raise
@@ -268,7 +252,6 @@ def _predict(item: BatchItem, key: str, control: BatchControl) -> tuple[Predicti
                                item.id, prediction.id, attempt, control.item_retries)
             finally:
                 control.track(key, None)
-                forget_running(control.destination, control.prefix, control.run_id, key)
 
 
 @task(
@@ -284,15 +267,15 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
                             "item_key": key}
     prediction_id = None
     try:
-        finished, expected = _predict(item, key, control)
+        finished, expected, ours = _predict(item, key, control)
         prediction_id = finished.id
         stored = store_outputs.fn(finished, control.destination,
                                   key_prefix=item_prefix(control.prefix, key),
                                   expected_size=expected)
         outcome = ItemOutcome(
-            **base, status="succeeded", images=stored, prediction_id=finished.id,
-            seconds=time.monotonic() - started,
-            cost_usd=round(control.price_per_image_usd * len(stored), 6),
+            **base, status="succeeded" if ours else "attached", images=stored,
+            prediction_id=finished.id, seconds=time.monotonic() - started,
+            cost_usd=round(control.price_per_image_usd * len(stored), 6) if ours else 0.0,
         )
         write_result(control.destination, control.prefix, key, {
             **outcome.line_json(), "images": [image.model_dump() for image in stored],

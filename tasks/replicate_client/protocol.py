@@ -27,6 +27,7 @@ from prefect_seedream.tasks.replicate_client.request_builders import (
     TRANSIENT_STATUSES,
     ApiRequest,
     ApiResponse,
+    RequestMatch,
     build_cancel,
     build_create,
     build_get,
@@ -36,7 +37,6 @@ from prefect_seedream.tasks.replicate_client.request_builders import (
     parse_page,
     parse_prediction,
     retry_after_seconds,
-    same_request,
 )
 
 
@@ -148,6 +148,7 @@ def create(
         model, input, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after_seconds=cancel_after_seconds,
     )
+    match = RequestMatch.of(model, input)
     window_start: datetime | None = None
     attempt = 0
     while True:
@@ -159,7 +160,7 @@ def create(
             if exc.maybe_sent:
                 window_start = window_start or sent_at
                 yield Note(f"create got no answer ({exc}); looking for what it may have made")
-                found = yield from _find_lost(model, input, window_start, policy, exclude_ids)
+                found = yield from _find_lost(match, window_start, policy, exclude_ids)
                 if found is not None:
                     yield Note(f"re-attached to prediction {found.id} made by the lost create")
                     return found
@@ -176,9 +177,7 @@ def create(
         if response.ok:
             prediction = parse_prediction(response)
             if window_start is not None:
-                yield from _cancel_twins(
-                    model, input, window_start, prediction.id, policy, exclude_ids
-                )
+                yield from _cancel_twins(match, window_start, prediction.id, policy, exclude_ids)
             return prediction
         if response.status == 429:
             wait = retry_after_seconds(response)
@@ -194,7 +193,7 @@ def create(
             continue
         if response.status in TRANSIENT_STATUSES:
             window_start = window_start or sent_at
-            found = yield from _find_lost(model, input, window_start, policy, exclude_ids)
+            found = yield from _find_lost(match, window_start, policy, exclude_ids)
             if found is not None:
                 yield Note(f"create answered {response.status} but made {found.id}; re-attached")
                 return found
@@ -207,8 +206,7 @@ def create(
 
 
 def _recent_matches(
-    model: str, input: dict[str, Any], since: datetime, policy: RetryPolicy,
-    exclude_ids: frozenset[str],
+    match: RequestMatch, since: datetime, policy: RetryPolicy, exclude_ids: frozenset[str],
 ) -> Protocol:
     """Predictions created since `since` (minus clock skew) with this model and input; None
     when the list could not be read (which is not the same as an empty list)."""
@@ -225,7 +223,7 @@ def _recent_matches(
         items, cursor = parse_page(response)
         matches += [
             p for p in items
-            if p.id not in exclude_ids and same_request(p, model, input)
+            if p.id not in exclude_ids and match.matches(p)
             and created_at(p) >= created_after
         ]
         if not cursor or (items and created_at(items[-1]) < created_after):
@@ -235,8 +233,7 @@ def _recent_matches(
 
 
 def _find_lost(
-    model: str, input: dict[str, Any], since: datetime, policy: RetryPolicy,
-    exclude_ids: frozenset[str],
+    match: RequestMatch, since: datetime, policy: RetryPolicy, exclude_ids: frozenset[str],
 ) -> Protocol:
     """The oldest prediction a lost create made, or None once the list was read and showed none.
 
@@ -246,7 +243,7 @@ def _find_lost(
     """
     readable = False
     for attempt in range(policy.reconcile_attempts):
-        matches = yield from _recent_matches(model, input, since, policy, exclude_ids)
+        matches = yield from _recent_matches(match, since, policy, exclude_ids)
         if matches:
             return matches[0]
         readable = readable or matches is not None
@@ -255,38 +252,38 @@ def _find_lost(
             yield Sleep(pause)
     if not readable:
         raise CreateOutcomeUnknown(
-            f"a create for {model} got no clear answer and Replicate's list of recent predictions "
-            f"could not be read ({policy.reconcile_attempts} tries), so whether it made a "
-            "prediction is unknown; nothing was sent again. Retrying or re-running looks for it "
-            "first; or check Replicate's dashboard."
+            f"a create for {match.model} got no clear answer and Replicate's list of recent "
+            f"predictions could not be read ({policy.reconcile_attempts} tries), so whether it "
+            "made a prediction is unknown; nothing was sent again. Retrying or re-running "
+            "looks for it first; or check Replicate's dashboard."
         )
     return None
 
 
-def find(model: str, input: dict[str, Any], *, since: datetime, policy: RetryPolicy) -> Protocol:
+def find(match: RequestMatch, *, since: datetime, policy: RetryPolicy) -> Protocol:
     """The prediction a create sent at `since` made, if any (oldest match), else None."""
-    found: Prediction | None = yield from _find_lost(model, input, since, policy, frozenset())
+    found: Prediction | None = yield from _find_lost(match, since, policy, frozenset())
     return found
 
 
-def abandon(model: str, input: dict[str, Any], *, since: datetime, policy: RetryPolicy) -> Protocol:
+def abandon(match: RequestMatch, *, since: datetime, policy: RetryPolicy) -> Protocol:
     """Cancel whatever an interrupted create sent at `since` made; returns the ids cancelled."""
-    matches = yield from _recent_matches(model, input, since, policy, frozenset())
+    matches = yield from _recent_matches(match, since, policy, frozenset())
     cancelled = []
-    for match in matches or []:
-        if not match.status.is_terminal:
-            yield Note(f"cancelling {match.id}, made by a create that was interrupted")
-            yield from cancel(match.id, policy=policy)
-            cancelled.append(match.id)
+    for made in matches or []:
+        if not made.status.is_terminal:
+            yield Note(f"cancelling {made.id}, made by a create that was interrupted")
+            yield from cancel(made.id, policy=policy)
+            cancelled.append(made.id)
     return cancelled
 
 
 def _cancel_twins(
-    model: str, input: dict[str, Any], since: datetime, keep_id: str, policy: RetryPolicy,
+    match: RequestMatch, since: datetime, keep_id: str, policy: RetryPolicy,
     exclude_ids: frozenset[str],
 ) -> Protocol:
     """After a retried create, cancel any prediction the lost attempt made after all."""
-    matches = yield from _recent_matches(model, input, since, policy, exclude_ids | {keep_id})
+    matches = yield from _recent_matches(match, since, policy, exclude_ids | {keep_id})
     for twin in matches or []:
         if not twin.status.is_terminal:
             yield Note(f"cancelling {twin.id}, made by a create whose answer was lost")

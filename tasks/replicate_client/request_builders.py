@@ -7,6 +7,8 @@ when to retry; `prefect_seedream.tasks.replicate_client.api` is the one place th
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -191,21 +193,55 @@ def parse_page(response: ApiResponse) -> tuple[list[Prediction], str | None]:
     return items, body.get("next")
 
 
-def same_request(prediction: Prediction, model: str, sent_input: dict[str, Any]) -> bool:
-    """Whether a listed prediction is the one a lost create made: same model and input.
+@dataclass(frozen=True)
+class RequestMatch:
+    """What finds a request again in the list of recent predictions, safe to store: the model,
+    the names of the fields sent and a SHA-256 of their values, never the prompt itself.
 
-    Replicate may rewrite file inputs, so `image_input` is compared by count only.
+    Replicate may rewrite file inputs, so `image_input` counts by length only; fields Replicate
+    adds (defaults) do not matter, since only the fields sent are compared.
+
+    Example:
+        ```python
+        from prefect_seedream.tasks.replicate_client.request_builders import RequestMatch
+
+        match = RequestMatch.of("bytedance/seedream-4", {"prompt": "x" * 6000, "size": "2K"})
+        assert match.fields == ("prompt", "size") and len(match.digest) == 64
+        ```
     """
-    if prediction.model and prediction.model != model:
-        return False
-    for key, value in sent_input.items():
-        theirs = prediction.input.get(key)
-        if key == "image_input":
-            if not isinstance(theirs, list) or len(theirs) != len(value):
-                return False
-        elif theirs != value:
+
+    model: str
+    fields: tuple[str, ...]
+    digest: str
+
+    @classmethod
+    def of(cls, model: str, sent_input: dict[str, Any]) -> RequestMatch:
+        fields = tuple(sorted(sent_input))
+        return cls(model, fields, _values_digest(sent_input, fields))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestMatch:
+        return cls(str(data["model"]), tuple(str(f) for f in data["fields"]), str(data["digest"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "fields": list(self.fields), "digest": self.digest}
+
+    def matches(self, prediction: Prediction) -> bool:
+        """Whether a listed prediction is one this request made: same model and input."""
+        if prediction.model and prediction.model != self.model:
             return False
-    return True
+        return _values_digest(prediction.input, self.fields) == self.digest
+
+
+def _values_digest(input: dict[str, Any], fields: tuple[str, ...]) -> str:
+    values = []
+    for name in fields:
+        value = input.get(name)
+        if name == "image_input":
+            value = len(value) if isinstance(value, list) else None
+        values.append([name, value])
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def created_at(prediction: Prediction) -> datetime:
