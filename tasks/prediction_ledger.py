@@ -33,6 +33,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -241,12 +242,10 @@ class Ledger:
         for pointer in self._keys(join_key_parts(self.root, "open", flow_run_id)):
             body = client.get_object(Bucket=self.destination.bucket, Key=pointer)["Body"]
             paths.append(body.read().decode())
-        found = []
-        for path in paths:
-            read = self.read(path)
-            if read is not None and read[0].get("run") == flow_run_id:
-                found.append(read[0])
-        return found
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="ledger-read") as pool:
+            reads = list(pool.map(self.read, paths))
+        return [read[0] for read in reads
+                if read is not None and read[0].get("run") == flow_run_id]
 
 
 @dataclass

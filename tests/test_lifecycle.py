@@ -458,6 +458,7 @@ def test_interrupted_sync_create_cancels_what_it_made(
 def test_the_ledger_lists_every_open_prediction_of_a_big_run(destination: Any) -> None:
     """A crash hook must see every prediction a run left open, past S3's 1,000-key pages."""
     import uuid
+    from concurrent.futures import ThreadPoolExecutor
 
     from prefect_seedream.tasks import prediction_ledger as ledger
     from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
@@ -465,11 +466,18 @@ def test_the_ledger_lists_every_open_prediction_of_a_big_run(destination: Any) -
 
     at = ledger.Ledger(destination, destination.prefix)
     flow_run_id = str(uuid.uuid4())
-    for i in range(1002):
-        claim = ledger.Claim(at, ledger.run_scope(flow_run_id), f"key{i:04d}", run=flow_run_id)
-        assert claim.send(sent_at=utcnow(), match={}, window=90, replace=False)
-        status = PredictionStatus.SUCCEEDED if i == 1001 else PredictionStatus.STARTING
-        assert claim.created(f"pred{i:04d}", status)
+
+    def claim(i: int) -> None:  # 1,000 creates on their way, 2 with known ids (1 finished)
+        mine = ledger.Claim(at, ledger.run_scope(flow_run_id), f"key{i:04d}", run=flow_run_id)
+        assert mine.send(sent_at=utcnow(), match={}, window=90, replace=False)
+        if i >= 1000:
+            status = PredictionStatus.SUCCEEDED if i == 1001 else PredictionStatus.STARTING
+            assert mine.created(f"pred{i:04d}", status)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(claim, range(1002)))
     records = at.records_of(flow_run_id)
-    open_ids = sorted(str(r["prediction_id"]) for r in records if ledger.is_open(r))
-    assert open_ids == [f"pred{i:04d}" for i in range(1001)]
+    assert len(records) == 1002
+    still_open = [r for r in records if ledger.is_open(r)]
+    assert len(still_open) == 1001
+    assert [r["prediction_id"] for r in still_open if r["prediction_id"]] == ["pred1000"]
