@@ -176,6 +176,23 @@ def test_endpoint_url_and_prefix_flags_put_the_images_where_asked(
     assert "error" not in result.stderr
 
 
+def test_a_repeated_command_with_a_request_id_pays_once(
+    shell: dict[str, str], bucket: str, s3_endpoint: str, seedream_sandbox: Any, tmp_path: Path,
+) -> None:
+    """A cron job retried by hand, or a ticket submitted twice: `--request-id` makes the second
+    command re-attach to the first one's prediction and print the same images."""
+    uris = []
+    for _ in range(2):
+        result = seedream("generate", "a fox in snow", "--size", "1K", "--bucket", bucket,
+                          "--endpoint-url", s3_endpoint, "--request-id", "ticket-481",
+                          "--no-copies", env=shell)
+        assert result.returncode == EXIT_OK, result.stderr[-3000:]
+        uris.append([line.split()[0] for line in result.stdout.splitlines()
+                     if line.strip().startswith("s3://")])
+    assert uris[0] == uris[1] and len(uris[0]) == 1
+    assert seedream_sandbox.counters()["creates"] == 1
+
+
 def test_batch_takes_the_same_endpoint_url_and_prefix_flags(
     shell: dict[str, str], bucket: str, s3_endpoint: str, s3_client: Any, tmp_path: Path,
 ) -> None:
