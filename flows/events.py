@@ -216,13 +216,28 @@ def emit_images_failed(flow: Any, flow_run: Any, state: Any) -> None:
     ))
 
 
+SPEND_THRESHOLD = "seedream.spend.threshold"
+
+
+def emit_spend_threshold(period: str, level: int, summary: dict[str, Any]) -> Event | None:
+    """Emit `seedream.spend.threshold` (resource `seedream.spend.<period>`): the period's spend
+    plus reservations reached `level` percent (80, then 100) of its limit, once per level and
+    period. `summary` (limits, settled and reserved images and dollars) is the payload."""
+    return _emit({"event": SPEND_THRESHOLD,
+                  "resource": {"prefect.resource.id": f"seedream.spend.{period}",
+                               "seedream.spend.level": str(level)},
+                  "payload": {"level": level, **summary}})
+
+
 __all__ = [
     "GENERATE_REQUESTED",
     "IMAGES_FAILED",
     "IMAGES_STORED",
     "PREDICTION_COMPLETED",
+    "SPEND_THRESHOLD",
     "emit_images_failed",
     "emit_images_stored",
+    "emit_spend_threshold",
     "generation_request",
     "images_failed_event",
     "images_stored_event",

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from prefect_seedream.flows.source_images import SourceRefused
     from prefect_seedream.tasks.errors import (
         AuthenticationFailed,
+        BudgetExceeded,
         CreateOutcomeUnknown,
         InvalidInput,
         OutputExpired,
@@ -75,7 +76,8 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "generate_batch": "prefect_seedream.flows.batch.flow",
     **dict.fromkeys(("BatchItemsFailed", "BatchResult"), "prefect_seedream.flows.batch.report"),
     **dict.fromkeys((
-        "AuthenticationFailed", "CreateOutcomeUnknown", "InvalidInput", "OutputExpired",
+        "AuthenticationFailed", "BudgetExceeded", "CreateOutcomeUnknown", "InvalidInput",
+        "OutputExpired",
         "OutputInvalid", "PredictionAborted", "PredictionCanceled", "PredictionFailed",
         "PredictionTimedOut", "RateLimited", "ReplicateUnavailable", "SeedreamError",
         "StorageFailed", "retry_condition",

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--timeout", type=float, default=600.0, help="seconds per prediction")
     batch.add_argument("--sandbox", action="store_true",
                        help="run offline on the embedded sandbox and a local S3 server")
+    spend = commands.add_parser("spend", help="print today's and this month's spend and limits")
+    _storage_flags(spend)
     commands.add_parser(
         "sandbox", add_help=False,
         help="serve the local Replicate-compatible sandbox (seedream sandbox --help)",
@@ -253,6 +255,30 @@ def _batch(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
     return EXIT_PREDICTION if result.failed else EXIT_OK
 
 
+def _spend(args: argparse.Namespace) -> int:
+    """`seedream spend`: the spend limit's periods, as the ledger in the bucket holds them."""
+    from prefect_seedream.tasks.connections import resolve_destination
+    from prefect_seedream.tasks.prediction_ledger import Ledger
+    from prefect_seedream.tasks.seedream_settings import get_settings
+    from prefect_seedream.tasks.spend_limit import Limits, SpendGuard
+
+    settings = get_settings()
+    target = resolve_destination(_destination(args))
+    guard = SpendGuard(Ledger(target, target.prefix), Limits.of(settings),
+                       settings.price_per_image_usd, settings.spend_time_zone)
+    print(f"Spend at s3://{target.bucket}/{guard.at.root}/spend/ "
+          f"(time zone {guard.time_zone}, ${guard.price:.3f}/image)")
+    for row in guard.summary():
+        limits = [f"{row['limit_images']:g} images" if row["limit_images"] else "",
+                  f"${row['limit_usd']:.2f}" if row["limit_usd"] else ""]
+        print(f"  {row['period']}: {row['settled_images']} images (${row['settled_usd']:.2f}) "
+              f"spent, {row['reserved_images']} images (${row['reserved_usd']:.2f}) reserved by "
+              f"{row['open']} open; limit " + (" and ".join(x for x in limits if x) or "none"))
+        for who, spent in sorted(row["by"].items(), key=lambda kv: -float(kv[1]["usd"])):
+            print(f"    {who}: {spent['images']} images (${spent['usd']:.2f})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `seedream` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -270,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context(args)
     try:
+        if args.command == "spend":
+            return _spend(args)
         check(args, ctx)
         with Progress() as progress:
             progress.phase("loading Prefect and the flows")

@@ -123,6 +123,22 @@ class OutputInvalid(SeedreamError):
     kept under `{prefix}/_quarantine/{prediction_id}/` (the message names the object)."""
 
 
+class BudgetExceeded(SeedreamError):
+    """A create would cross a spend limit (`SEEDREAM_SPEND_LIMIT_*`); nothing was sent.
+
+    `limit` names the setting, `period` the day or month (`day-2026-12-02`), `spent` and
+    `reserved` what that period already holds and `asked` this create's worst case, all in the
+    limit's unit (dollars or images).
+    """
+
+    def __init__(self, message: str, *, limit: str = "", period: str = "",
+                 spent: float = 0.0, reserved: float = 0.0, asked: float = 0.0,
+                 prediction_id: str | None = None) -> None:
+        super().__init__(message, prediction_id=prediction_id)
+        self.limit, self.period = limit, period
+        self.spent, self.reserved, self.asked = spent, reserved, asked
+
+
 def is_worth_retrying(exc: BaseException) -> bool:
     """Whether retrying can help: rate limits, outages, storage hiccups and interrupted
     predictions yes; invalid input, a refused token or a content-policy failure never."""
@@ -154,6 +170,7 @@ def retry_condition(task: object, task_run: object, state: Any) -> bool:
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "CreateOutcomeUnknown",
     "InvalidInput",
     "OutputExpired",

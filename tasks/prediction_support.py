@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from prefect_seedream.tasks import prediction_ledger as ledger
+from prefect_seedream.tasks import spend_limit
 from prefect_seedream.tasks.connections import _log, replicate_api
 from prefect_seedream.tasks.errors import (
     CreateOutcomeUnknown,
@@ -71,6 +72,8 @@ class CreatePlan:
     options: dict[str, Any]
     log: Any
     sent_at: datetime | None = None
+    spend: spend_limit.SpendGuard | None = None  # None: no spend limit is set
+    reservation: spend_limit.Reservation | None = None
 
     @property
     def match(self) -> RequestMatch:
@@ -173,6 +176,28 @@ class CreatePlan:
             ledger.track(kept.id, claim)
         return kept
 
+    def reserve(self) -> None:
+        """Reserve this create's worst case (`max_images` x the price) under the spend limit,
+        after the claim is ours and before any request; refused (`BudgetExceeded`) or unable
+        to, the claim is given back and nothing is sent."""
+        if self.spend is None:
+            return
+        cancel_after = float(self.options.get("cancel_after_seconds") or 0) or (
+            get_settings().timeout_seconds + get_settings().cancel_after_margin_seconds)
+        try:
+            self.reservation = self.spend.reserve(
+                self.claim.key if self.claim is not None else uuid.uuid4().hex[:24],
+                int(self.body.get("max_images") or 1), claim=self.claim,
+                expires_in=cancel_after + self._window(), lookup=self._read)
+        except BaseException as exc:
+            if self.claim is not None:
+                ledger.retire(self.claim.token)
+                with contextlib.suppress(Exception):
+                    self.claim.release()
+            if isinstance(exc, ClientError):
+                raise spend_limit.storage_failed(exc, self.spend.at) from exc
+            raise
+
     def unknown(self, exc: CreateOutcomeUnknown) -> CreateOutcomeUnknown:
         """`exc`, naming the request key and where its record is, for the dashboard and logs."""
         if self.claim is None:
@@ -192,6 +217,8 @@ class CreatePlan:
             if self.claim is not None:
                 with contextlib.suppress(Exception):
                     self.claim.release()
+            if self.reservation is not None:  # the create made nothing: nothing is billed
+                self.reservation.settle(0)
             return None
         if self.sent_at is None:
             return None
@@ -222,6 +249,7 @@ class CreatePlan:
         this create went unanswered (ours is then cancelled: call `obtain` again)."""
         self.log.info("Created prediction %s (%s)", prediction.id, prediction.status.value)
         claim = self.claim
+        spend_limit.track(prediction.id, self.reservation)
         if claim is None:
             return prediction
         ledger.retire(claim.token)
@@ -249,6 +277,7 @@ def run_create(plan: CreatePlan, acquire_slot: Callable[[], None]) -> Prediction
     while True:
         if (earlier := plan.obtain()) is not None:
             return earlier
+        plan.reserve()  # the spend limit: BudgetExceeded before any request
         acquire_slot()
         try:
             created = plan.api.run(plan.create(), on_note=plan.log.info)
@@ -341,7 +370,8 @@ def plan_create(
         "webhook": webhook, "webhook_events_filter": webhook_events_filter,
         "wait_seconds": wait_seconds, "cancel_after_seconds": cancel_after or None,
     }
-    return CreatePlan(api, settings.model, body, claim, options, _log())
+    return CreatePlan(api, settings.model, body, claim, options, _log(),
+                      spend=spend_limit.guard_for(ledger_at))
 
 
 class Progress:
@@ -400,6 +430,7 @@ class WaitPlan:
             self.prediction_id, status.value,
         )
         ledger.settle(self.prediction_id, status)
+        spend_limit.settle_prediction(self.prediction_id, result, status)
         stopped_now = status in (PredictionStatus.CANCELED, PredictionStatus.ABORTED)
         _tell(stopped, "it was cancelled so it stops billing" if stopped_now
               else f"it had already ended: {status.value}")
@@ -413,6 +444,7 @@ class WaitPlan:
 
     def finished(self, final: Prediction) -> Prediction:
         ledger.settle(self.prediction_id, final.status)
+        spend_limit.settle_prediction(self.prediction_id, final, final.status)
         took = final.metrics.get("total_time") or final.metrics.get("predict_time")
         if final.status is PredictionStatus.SUCCEEDED and isinstance(took, (int, float)):
             _recent_seconds[str(final.input.get("size"))] = float(took)

@@ -78,6 +78,7 @@ async def acreate_prediction(
     while True:
         if (earlier := await to_thread.run_sync(plan.obtain, abandon_on_cancel=True)):
             return earlier
+        await to_thread.run_sync(plan.reserve)  # the spend limit, before any request
         await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
         try:
             created = await plan.api.arun(plan.create(), on_note=plan.log.info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from prefect_seedream.flows.batch.budget import DEFAULT_PRICE_PER_IMAGE_USD
 from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
 
@@ -119,6 +120,32 @@ class SeedreamSettings(BaseSettings):
             "Largest output file stored as an image (Seedream's 4K JPEGs are a few MB); a "
             "larger one is kept under _quarantine/ and its store fails with OutputInvalid."
         ),
+    )
+
+    spend_limit_usd_per_day: float | None = Field(
+        default=None, gt=0,
+        description=(
+            "Most dollars every run together may spend (or hold reserved) per day; each create "
+            "reserves its worst case first and is refused with BudgetExceeded past it."
+        ),
+    )
+    spend_limit_images_per_day: int | None = Field(
+        default=None, gt=0, description="Most output images every run together may pay per day."
+    )
+    spend_limit_usd_per_month: float | None = Field(
+        default=None, gt=0, description="Most dollars every run together may spend per month."
+    )
+    spend_limit_images_per_month: int | None = Field(
+        default=None, gt=0,
+        description="Most output images every run together may pay per calendar month.",
+    )
+    spend_time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone whose midnight starts a spend limit's day and month.",
+    )
+    price_per_image_usd: float = Field(
+        default=DEFAULT_PRICE_PER_IMAGE_USD, ge=0,
+        description="Price of one output image of the model, for the spend limit's reservations.",
     )
 
 

@@ -30,6 +30,7 @@ from prefect_seedream.flows.source_images import first_image_size, presign_sourc
 from prefect_seedream.tasks.concurrency import acquire_create_slot
 from prefect_seedream.tasks.connections import _log, replicate_api
 from prefect_seedream.tasks.errors import (
+    BudgetExceeded,
     PredictionCanceled,
     PredictionFailed,
     RateLimited,
@@ -113,6 +114,7 @@ class BatchControl:
         self.run_id = str(current_flow_run_id() or "local")
         self.ledger = Ledger(destination, prefix)
         self.stop = threading.Event()
+        self.budget_refusal: str | None = None  # the spend limit refused a create: submit no more
         self._pause_until = 0.0
         self._in_flight: dict[str, str] = {}  # item key -> prediction id this run owns
         self._lock = threading.Lock()
@@ -266,6 +268,9 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
     base: dict[str, Any] = {"id": item.id, "line": item.line, "kind": item.kind,
                             "item_key": key}
     prediction_id = None
+    if control.budget_refusal is not None:  # an earlier item hit the spend limit
+        return ItemOutcome(**base, status="skipped_budget", error_type="BudgetExceeded",
+                           error=control.budget_refusal)
     try:
         finished, expected, ours = _predict(item, key, control)
         prediction_id = finished.id
@@ -283,9 +288,13 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
             "sources": list(item.images),
         })
         return outcome
+    except BudgetExceeded as exc:  # refused before any request: skipped, like the batch's cap
+        control.budget_refusal = control.budget_refusal or str(exc)
+        status = "skipped_budget"
+        error: BaseException = exc
     except (BatchStopped, PredictionCanceled) as exc:
         status = "cancelled"
-        error: BaseException = exc
+        error = exc
     except Exception as exc:
         status = "failed"
         error = exc
