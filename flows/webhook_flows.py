@@ -26,13 +26,14 @@ from prefect_seedream.flows.flow_support import build_request, check_bucket
 from prefect_seedream.flows.image_report import publish_report
 from prefect_seedream.flows.run_hooks import cancel_open_predictions
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
-from prefect_seedream.tasks.prediction_support import raise_for_outcome, validate_input
+from prefect_seedream.tasks.prediction_support import validate_input
 from prefect_seedream.tasks.predictions import await_prediction, create_prediction, get_prediction
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage, store_outputs
+from prefect_seedream.tasks.wait_support import raise_for_outcome
 
 
 def expected_size(prediction: Prediction) -> tuple[int, int] | None:

@@ -7,9 +7,10 @@ The tasks a flow composes (all re-exported by `prefect_seedream`, the public fac
 - `storage`: `store_outputs` / `store_output` (and `storage_async`), on `s3_storage`.
 - `seedream_input`: `SeedreamInput`, every rule checked before a create is sent.
 - `errors`: `SeedreamError` and its leaves, `retry_condition`.
-- `prediction_support`, `prediction_ledger`, `concurrency`, `connections`, `seedream_settings`,
-  `webhooks`: planning, the durable ledger, rate limits, block resolution, settings, webhook
-  signatures.
+- `prediction_support` (creates: the ledger's claim protocol), `wait_support` (waits),
+  `prediction_ledger` (the durable ledger in S3), `spend_limit` (reservations against the
+  period limits), `concurrency`, `connections`, `redaction`, `seedream_settings`, `webhooks`:
+  planning, rate limits, block resolution, log redaction, settings, webhook signatures.
 
 Importing this package imports nothing else (no Prefect), so the `seedream` command starts fast.
 """

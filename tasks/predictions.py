@@ -20,13 +20,13 @@ from prefect_seedream.tasks.connections import replicate_api
 from prefect_seedream.tasks.prediction_support import (
     ledger_for,
     plan_create,
-    plan_wait,
     retry_policy,
     run_create,
 )
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.seedream_input import SeedreamInput
+from prefect_seedream.tasks.wait_support import plan_wait
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials

@@ -36,11 +36,12 @@ from prefect_seedream.tasks.errors import (
     RateLimited,
 )
 from prefect_seedream.tasks.prediction_ledger import Ledger, current_flow_run_id
-from prefect_seedream.tasks.prediction_support import plan_create, plan_wait, run_create
+from prefect_seedream.tasks.prediction_support import plan_create, run_create
 from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
 from prefect_seedream.tasks.seedream_input import output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage, store_outputs
+from prefect_seedream.tasks.wait_support import plan_wait
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
