@@ -30,11 +30,14 @@ lint: $(STAMP)  ## ruff and mypy (strict)
 	$(VENV)/bin/mypy
 
 reliability: $(STAMP)  ## rerun the fault tests and rewrite RELIABILITY.md from what they measured
-	SEEDREAM_RELIABILITY_OUT=.reliability.json $(PY) -m pytest -q \
+	rm -f .reliability.json.*
+	SEEDREAM_RELIABILITY_OUT=.reliability.json $(PY) -m pytest -q -n 2 --dist loadfile \
 		tests/test_lifecycle.py tests/test_secrets.py tests/test_image_flows.py \
 		tests/test_command_line.py tests/test_storage.py tests/test_paid_images_kept.py \
-		tests/e2e/test_e2e_lifecycle.py tests/test_hostile_*.py tests/e2e/test_hostile_*.py
-	$(PY) tests/render_reliability.py .reliability.json > RELIABILITY.md && rm .reliability.json
+		tests/e2e/test_e2e_lifecycle.py tests/test_hostile_*.py tests/e2e/test_hostile_*.py \
+		tests/test_fault_matrix*.py tests/e2e/test_fault_matrix*.py tests/test_request_ledger.py \
+		tests/test_spend_limit.py
+	$(PY) tests/render_reliability.py .reliability.json.* > RELIABILITY.md && rm .reliability.json.*
 
 bench: $(STAMP)  ## every benchmark figure (~8 min); rewrites BENCHMARKS.md and bench/plots/
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -320,6 +320,12 @@ class Claim:
             self.ledger.mark_open(self.run, self.scope, self.key)
         return won
 
+    def mark_unknown(self) -> None:
+        """This claim's create got no answer and its outcome could not be found out: say so in
+        the record, so the next attempt looks for what it made at once."""
+        if self.mine and self.record.get("state") == SENDING:
+            self._put({**self.record, "unknown": True}, replace=True)
+
     def release(self) -> None:
         """The create failed and made nothing: the request is free for the next attempt."""
         if self.mine and self.record.get("state") == SENDING:

@@ -136,7 +136,7 @@ class CreatePlan:
             overdue = time.monotonic() - first >= float(record.get("window") or 0) or (
                 protocol.utcnow() - _sent_at(record)).total_seconds() >= float(
                 record.get("window") or 0) + retry_policy().clock_skew
-            if not (overdue or ledger.owner_gone(record.get("owner"))):
+            if not (overdue or record.get("unknown") or ledger.owner_gone(record.get("owner"))):
                 time.sleep(pause)
                 pause = min(pause * 1.5, 2.0)
                 continue
@@ -206,7 +206,12 @@ class CreatePlan:
         if self.claim is not None:
             ledger.retire(self.claim.token)
         if isinstance(exc, CreateOutcomeUnknown):
-            return None  # the record stays `sending`: the next attempt reconciles first
+            # The record stays `sending`, marked so that the next attempt, in any process,
+            # reconciles at once instead of waiting out the claim window of a live owner.
+            if self.claim is not None:
+                with contextlib.suppress(Exception):
+                    self.claim.mark_unknown()
+            return None
         if isinstance(exc, SeedreamError):
             if self.claim is not None:
                 with contextlib.suppress(Exception):

@@ -175,5 +175,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if out and _OUTCOMES:
         import json
 
-        with open(out, "w", encoding="utf-8") as handle:
+        worker = os.environ.get("PYTEST_XDIST_WORKER")  # each xdist worker writes its own
+        with open(f"{out}.{worker}" if worker else out, "w", encoding="utf-8") as handle:
             json.dump(_OUTCOMES, handle, indent=1)

@@ -1,6 +1,7 @@
 """Render RELIABILITY.md from the outcomes the fault tests recorded (see `record_outcome`).
 
-Usage: `python tests/render_reliability.py outcomes.json > RELIABILITY.md` (`make reliability`).
+Usage: `python tests/render_reliability.py outcomes.json [more.json ...] > RELIABILITY.md`
+(`make reliability`; one file per pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -9,13 +10,33 @@ import json
 import sys
 from pathlib import Path
 
-HEADER = """# Reliability under faults
+TITLE = """# Reliability under faults
+
+Regenerate with `make reliability` (it reruns the fault tests and rewrites this file).
+"""
+
+MATRIX = """
+## The fault matrix
+
+Every entry point (columns) under every fault (rows), each cell a test in
+`tests/test_fault_matrix*.py` (the deployment column in `tests/e2e/test_fault_matrix_deployment.py`)
+that drives the entry point through the real path with the fault injected: the sandbox for
+Replicate, moto's S3 server, a real Prefect API. A cell reads **created per request / left
+running / outputs lost**, as measured: predictions the sandbox made per logical request, those
+still `starting` or `processing` afterwards, and outputs of succeeded predictions that are in the
+bucket neither as an image nor as a quarantined copy. Target: **1/0/0** (0 created where the
+request is refused); a cell off target is marked **✗**. `n/a` cells say why in the notes below,
+`pending` cells wait for a feature, `—` was not measured in this run.
+
+"""
+
+HEADER = """
+## Each fault in detail
 
 Each row is a fault injected over real HTTP (the sandbox for Replicate, moto's server for S3, a
 real Prefect API), what the plugin did, and what the test that produced the row measured.
 Targets: predictions created per logical request **1** (0 where nothing should be paid for),
 left running afterwards **0**, outputs lost **0**, secret occurrences **0**.
-Regenerate with `make reliability` (it reruns the fault tests and rewrites this file).
 
 | Fault | What the plugin did | Created per request | Left running | Outputs lost | Secret occurrences | Test |
 |---|---|---|---|---|---|---|
@@ -48,9 +69,76 @@ def _test(o: dict[str, object]) -> str:
     return f"{test[0]}::{test[-1]}"
 
 
+def _in_order(seen: list[str], preferred: list[str]) -> list[str]:
+    """Every `preferred` name (an unmeasured cell shows as such), then any other seen name."""
+    return preferred + [n for n in seen if n not in preferred]
+
+
+def _on_target(o: dict[str, object]) -> bool:
+    return (float(o["created_per_request"]) <= 1  # type: ignore[arg-type]
+            and o["left_running"] == 0 and o["outputs_lost"] == 0)
+
+
+def render_matrix(cells: list[dict[str, object]]) -> str:
+    """RELIABILITY.md's first section: faults x entry points, `created/left running/lost`."""
+    if not cells:
+        return ""
+    try:
+        from test_fault_matrix import ENTRIES, FAULTS
+    except ImportError:  # rendered from elsewhere: the order the cells were recorded in
+        ENTRIES, FAULTS = {}, {}
+    entries = _in_order(list(dict.fromkeys(str(c["entry"]) for c in cells)),
+                        list(ENTRIES.values()))
+    faults = _in_order(list(dict.fromkeys(str(c["fault"]) for c in cells)),
+                       list(FAULTS.values()))
+    by_cell = {(str(c["entry"]), str(c["fault"])): c for c in cells}
+    notes: dict[str, int] = {}
+    off: list[str] = []
+
+    def show(entry: str, fault: str) -> str:
+        c = by_cell.get((entry, fault))
+        if c is None:
+            return "—"
+        if "na" in c:
+            why = str(c["na"])
+            number = notes.setdefault(why, len(notes) + 1)
+            return f"{'pending' if why.startswith('pending') else 'n/a'} ({number})"
+        text = (f"{float(c['created_per_request']):g}/{c['left_running']}"  # type: ignore[arg-type]
+                f"/{c['outputs_lost']}")
+        if _on_target(c):
+            return text
+        off.append(f"- **✗ {fault}, {entry}**: {c['created']} created for {c['requests']} "
+                   f"request(s), {c['left_running']} left running, {c['outputs_lost']} output(s) "
+                   f"lost ({c['handling']}; `{_test(c)}`).")
+        return f"**✗ {text}**"
+
+    lines = ["| Fault | " + " | ".join(entries) + " |",
+             "|---|" + "---|" * len(entries)]
+    lines += [f"| {fault} | " + " | ".join(show(e, fault) for e in entries) + " |"
+              for fault in faults]
+    measured = [c for c in cells if "na" not in c]
+    summary = (f"\n{len(measured)} cells measured ({sum(map(_on_target, measured))} on target), "
+               f"{len(cells) - len(measured)} not applicable or pending.\n")
+    text = MATRIX + "\n".join(lines) + "\n" + summary
+    if off:
+        text += "\nOff target:\n\n" + "\n".join(off) + "\n"
+    if notes:
+        text += "\nNotes:\n\n" + "\n".join(f"{n}. {why}" for why, n in notes.items()) + "\n"
+    handled: dict[str, dict[str, list[str]]] = {}
+    for c in measured:
+        handled.setdefault(str(c["fault"]), {}).setdefault(str(c["handling"]), []).append(
+            str(c["entry"]))
+    text += "\nWhat the plugin did, by row:\n\n"
+    for fault in faults:
+        for handling, where in handled.get(fault, {}).items():
+            text += f"- **{fault}** ({', '.join(where)}): {handling}.\n"
+    return text
+
+
 def render(outcomes: list[dict[str, object]]) -> str:
     hostile = [o for o in outcomes if o.get("table") == "hostile"]
-    outcomes = [o for o in outcomes if o.get("table") != "hostile"]
+    matrix = [o for o in outcomes if o.get("table") == "matrix"]
+    outcomes = [o for o in outcomes if o.get("table") not in ("hostile", "matrix")]
     rows = []
     for o in outcomes:
         test = str(o["test"]).split("::")
@@ -67,9 +155,12 @@ Notes:
 - The S3 row drives the storage task alone (no prediction is involved, hence 0 created): it shows
   an S3 outage is ridden out from the same download, never by generating again.
 """
-    return HEADER + "\n".join(rows) + "\n" + notes + render_hostile(hostile)
+    detail = HEADER + "\n".join(rows) + "\n" + notes if rows else ""
+    return TITLE + render_matrix(matrix) + detail + render_hostile(hostile)
 
 
 if __name__ == "__main__":
-    data = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    data = [row for name in sys.argv[1:]  # one file per pytest-xdist worker
+            for row in json.loads(Path(name).read_text(encoding="utf-8"))]
+    data.sort(key=lambda row: str(row["test"]))  # the same order whichever worker ran what
     sys.stdout.write(render(data))
