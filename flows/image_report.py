@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from prefect_seedream.flows.spend_report import publish_spend
+
 if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
     from prefect_seedream.tasks.replicate_client.prediction import Prediction
@@ -68,3 +70,4 @@ def publish_report(
         description=f"Seedream images from prediction {prediction.id}",
         _sync=True,  # type: ignore[call-arg]
     )
+    publish_spend(destination)  # the seedream-spend artifact, when a spend limit is set

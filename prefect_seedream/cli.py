@@ -256,7 +256,9 @@ def _batch(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
 
 
 def _spend(args: argparse.Namespace) -> int:
-    """`seedream spend`: the spend limit's periods, as the ledger in the bucket holds them."""
+    """`seedream spend`: the spend limit's periods as the ledger in the bucket holds them, in
+    the markdown of the `seedream-spend` artifact."""
+    from prefect_seedream.flows.spend_report import spend_markdown
     from prefect_seedream.tasks.connections import resolve_destination
     from prefect_seedream.tasks.prediction_ledger import Ledger
     from prefect_seedream.tasks.seedream_settings import get_settings
@@ -266,16 +268,7 @@ def _spend(args: argparse.Namespace) -> int:
     target = resolve_destination(_destination(args))
     guard = SpendGuard(Ledger(target, target.prefix), Limits.of(settings),
                        settings.price_per_image_usd, settings.spend_time_zone)
-    print(f"Spend at s3://{target.bucket}/{guard.at.root}/spend/ "
-          f"(time zone {guard.time_zone}, ${guard.price:.3f}/image)")
-    for row in guard.summary():
-        limits = [f"{row['limit_images']:g} images" if row["limit_images"] else "",
-                  f"${row['limit_usd']:.2f}" if row["limit_usd"] else ""]
-        print(f"  {row['period']}: {row['settled_images']} images (${row['settled_usd']:.2f}) "
-              f"spent, {row['reserved_images']} images (${row['reserved_usd']:.2f}) reserved by "
-              f"{row['open']} open; limit " + (" and ".join(x for x in limits if x) or "none"))
-        for who, spent in sorted(row["by"].items(), key=lambda kv: -float(kv[1]["usd"])):
-            print(f"    {who}: {spent['images']} images (${spent['usd']:.2f})")
+    print(spend_markdown(guard))
     return EXIT_OK
 
 

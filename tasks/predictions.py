@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_seedream.tasks import prediction_ledger
 from prefect_seedream.tasks.concurrency import acquire_create_slot
 from prefect_seedream.tasks.connections import replicate_api
 from prefect_seedream.tasks.prediction_support import (
@@ -26,7 +25,7 @@ from prefect_seedream.tasks.prediction_support import (
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.seedream_input import SeedreamInput
-from prefect_seedream.tasks.wait_support import plan_wait
+from prefect_seedream.tasks.wait_support import plan_wait, prediction_ended
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
@@ -149,5 +148,5 @@ def cancel_prediction(
     api = replicate_api(credentials)
     result: Prediction | None = api.run(protocol.cancel(prediction_id, policy=retry_policy()))
     if result is not None:
-        prediction_ledger.settle(prediction_id, result.status)
+        prediction_ended(prediction_id, result, result.status)
     return result

@@ -50,6 +50,14 @@ class Progress:
         self.logs_seen = len(logs)
 
 
+
+def prediction_ended(prediction_id: str, result: Prediction | None,
+                     status: PredictionStatus) -> None:
+    """What every path that sees a prediction end does (waited for, cancelled by us, cancelled
+    by `cancel_prediction`): close its ledger record and settle its spend reservation."""
+    ledger.settle(prediction_id, status)
+    spend_limit.settle_prediction(prediction_id, result, status)
+
 @dataclass
 class WaitPlan:
     """A wait: the API, the polling protocol and what to do on the way out."""
@@ -86,8 +94,7 @@ class WaitPlan:
             "Cancelled prediction %s (now %s) because we stopped waiting",
             self.prediction_id, status.value,
         )
-        ledger.settle(self.prediction_id, status)
-        spend_limit.settle_prediction(self.prediction_id, result, status)
+        prediction_ended(self.prediction_id, result, status)
         stopped_now = status in (PredictionStatus.CANCELED, PredictionStatus.ABORTED)
         _tell(stopped, "it was cancelled so it stops billing" if stopped_now
               else f"it had already ended: {status.value}")
@@ -100,8 +107,7 @@ class WaitPlan:
         _tell(stopped, f"cancel failed: {exc}; {_deadline_note(self.deadline)}")
 
     def finished(self, final: Prediction) -> Prediction:
-        ledger.settle(self.prediction_id, final.status)
-        spend_limit.settle_prediction(self.prediction_id, final, final.status)
+        prediction_ended(self.prediction_id, final, final.status)
         took = final.metrics.get("total_time") or final.metrics.get("predict_time")
         if final.status is PredictionStatus.SUCCEEDED and isinstance(took, (int, float)):
             _recent_seconds[str(final.input.get("size"))] = float(took)

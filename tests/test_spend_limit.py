@@ -73,6 +73,19 @@ def threshold_events(bucket: str) -> list[tuple[str, int]]:
     return found
 
 
+def spend_artifact(bucket: str) -> str:
+    """The latest `seedream-spend` artifact about the ledger in `bucket`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["seedream-spend"])),
+            sort=ArtifactSort.CREATED_DESC)
+    return next(str(a.data) for a in found if f"s3://{bucket}/" in str(a.data))
+
+
 def test_without_a_limit_nothing_is_kept_for_it(
     seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any,
 ) -> None:
@@ -114,9 +127,11 @@ def test_a_limit_of_n_images_lets_n_through_and_refuses_the_next_before_any_requ
     capsys.readouterr()
     assert seedream(["spend"]) == 0
     out = capsys.readouterr().out
-    assert f"{today()}: 2 images ($0.06) spent, 0 images ($0.00) reserved" in out
-    assert "limit 2 images" in out
-    assert "    flow generate-images: 2 images ($0.06)" in out  # who spent it
+    day = f"| {today()} | 2 images ($0.06) | 0 images ($0.00), 0 open | 2 images | 0 images |"
+    assert day in out
+    assert "| flow generate-images | 2 images ($0.06) |" in out  # who spent it
+    # The same report is the flow run's `seedream-spend` artifact, as of its last image.
+    assert day in spend_artifact(destination.bucket)
     record_outcome("a create past SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY",
                    "BudgetExceeded naming the limit, before any request", created=0,
                    left_running=0)
@@ -167,6 +182,27 @@ def test_an_aborted_prediction_gives_its_reservation_back(
     assert seedream_sandbox.counters()["creates"] == 2
     record = spend_record(s3_client, destination)
     assert (record["settled_images"], record["entries"]) == (1, {})
+
+
+def test_cancel_prediction_alone_settles_the_reservation(
+    seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that creates, then cancels with `cancel_prediction` and never waits: the
+    reservation does not sit open until reconciliation; a canceled prediction keeps its worst
+    case (Replicate bills what it ran, which we cannot see)."""
+    from prefect_seedream import cancel_prediction
+
+    monkeypatch.setenv("SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY", "10")
+    seedream_sandbox.configure(run_seconds=30)
+    created = create_prediction(SeedreamInput(prompt="a slow kite", size="1K", max_images=3,
+                                              sequential_image_generation="auto"),
+                                credentials=credentials, ledger=destination)
+    assert len(spend_record(s3_client, destination)["entries"]) == 1
+    cancelled = cancel_prediction(created.id, credentials=credentials)
+    assert cancelled is not None and cancelled.status.value == "canceled"
+    record = spend_record(s3_client, destination)
+    assert (record["entries"], record["settled_images"]) == ({}, 3)
 
 
 BATCH_RUN = textwrap.dedent("""

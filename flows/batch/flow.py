@@ -39,6 +39,7 @@ from prefect_seedream.flows.batch.manifest import BatchItem, load_manifest
 from prefect_seedream.flows.batch.progress import Progress, notify
 from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, publish_table
 from prefect_seedream.flows.flow_support import check_bucket
+from prefect_seedream.flows.spend_report import publish_spend
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
 from prefect_seedream.tasks.prediction_ledger import Ledger
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
@@ -318,6 +319,7 @@ def generate_batch(
                          estimated_cost_usd=estimate)
     result.results_uri = write_jsonl(target, key, (o.line_json() for o in outcomes))
     publish_table(result)
+    publish_spend(target)  # the seedream-spend artifact, when a spend limit is set
     log.info("Batch finished: %s. Results manifest: %s", result.summary(), result.results_uri)
     notify({"event": "done", "summary": result.summary()})
     failed = result.count("failed") + result.count("cancelled")
