@@ -141,6 +141,26 @@ def record_hostile(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
+def record_spend(request: pytest.FixtureRequest) -> Any:
+    """Record one row of RELIABILITY.md's spend limit table: `requests` creates asked for by
+    `runs` against `limit` (its text, e.g. "2 images a day"), of which the limit allows
+    `allowed`; `created` predictions the sandbox made and `spent` what the period's record
+    settled, in the unit of `limit_value`, as measured by the test."""
+
+    def record(runs: str, limit: str, *, limit_value: float, requests: int, allowed: int,
+               created: int, spent: float) -> None:
+        past = max(0, created - allowed) / max(1, requests - allowed)
+        _OUTCOMES.append({
+            "table": "spend", "runs": runs, "limit": limit, "test": request.node.nodeid,
+            "requests": requests, "allowed": allowed, "created": created,
+            "created_past_limit": past, "spent": spent,
+            "over_limit": round(max(0.0, spent - limit_value), 6),
+        })
+
+    return record
+
+
+@pytest.fixture
 def record_cell(request: pytest.FixtureRequest) -> Any:
     """Record one measured cell of RELIABILITY.md's fault matrix (rows faults, columns entry
     points): `created` predictions for `requests` logical requests, `left_running` afterwards,

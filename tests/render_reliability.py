@@ -64,6 +64,28 @@ def render_hostile(outcomes: list[dict[str, object]]) -> str:
     return HOSTILE + "\n".join(rows) + "\n" if rows else ""
 
 
+SPEND = """
+## The spend limit
+
+Each row is runs against one spend limit (`SEEDREAM_SPEND_LIMIT_*`), through the real path: the
+sandbox counts the predictions created, the period's record in S3 holds what was spent. Targets:
+predictions created per request past the limit **0**, spend over the limit **0**.
+
+| Runs | Limit | Requests | The limit allows | Created | Created per request past the limit | Spent | Over the limit | Test |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def render_spend(outcomes: list[dict[str, object]]) -> str:
+    rows = [
+        f"| {o['runs']} | {o['limit']} | {o['requests']} | {o['allowed']} | {o['created']} "
+        f"| {float(o['created_past_limit']):g} | {float(o['spent']):g} "  # type: ignore[arg-type]
+        f"| {float(o['over_limit']):g} | `{_test(o)}` |"  # type: ignore[arg-type]
+        for o in outcomes
+    ]
+    return SPEND + "\n".join(rows) + "\n" if rows else ""
+
+
 def _test(o: dict[str, object]) -> str:
     test = str(o["test"]).split("::")
     return f"{test[0]}::{test[-1]}"
@@ -138,7 +160,8 @@ def render_matrix(cells: list[dict[str, object]]) -> str:
 def render(outcomes: list[dict[str, object]]) -> str:
     hostile = [o for o in outcomes if o.get("table") == "hostile"]
     matrix = [o for o in outcomes if o.get("table") == "matrix"]
-    outcomes = [o for o in outcomes if o.get("table") not in ("hostile", "matrix")]
+    spend = [o for o in outcomes if o.get("table") == "spend"]
+    outcomes = [o for o in outcomes if o.get("table") not in ("hostile", "matrix", "spend")]
     rows = []
     for o in outcomes:
         test = str(o["test"]).split("::")
@@ -156,7 +179,8 @@ Notes:
   an S3 outage is ridden out from the same download, never by generating again.
 """
     detail = HEADER + "\n".join(rows) + "\n" + notes if rows else ""
-    return TITLE + render_matrix(matrix) + detail + render_hostile(hostile)
+    return (TITLE + render_matrix(matrix) + detail + render_spend(spend)
+            + render_hostile(hostile))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_without_a_limit_nothing_is_kept_for_it(
 
 def test_a_limit_of_n_images_lets_n_through_and_refuses_the_next_before_any_request(
     seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], record_outcome: Any,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], record_spend: Any,
 ) -> None:
     monkeypatch.setenv("SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY", "2")
     for prompt in ("a red kite", "a blue kite"):
@@ -132,14 +132,15 @@ def test_a_limit_of_n_images_lets_n_through_and_refuses_the_next_before_any_requ
     assert "| flow generate-images | 2 images ($0.06) |" in out  # who spent it
     # The same report is the flow run's `seedream-spend` artifact, as of its last image.
     assert day in spend_artifact(destination.bucket)
-    record_outcome("a create past SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY",
-                   "BudgetExceeded naming the limit, before any request", created=0,
-                   left_running=0)
+    record_spend("three `generate_images` runs, one after another; the third is refused with "
+                 "`BudgetExceeded` before any request", "2 images a day", limit_value=2,
+                 requests=3, allowed=2, created=seedream_sandbox.counters()["creates"],
+                 spent=record["settled_images"])
 
 
 def test_a_dollar_limit_refuses_a_worst_case_that_would_cross_it(
     seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, record_spend: Any,
 ) -> None:
     """Four images at $0.03 could cost $0.12: past a $0.10 limit, even though Seedream might
     return fewer; nothing is sent and nothing is left reserved."""
@@ -149,12 +150,15 @@ def test_a_dollar_limit_refuses_a_worst_case_that_would_cross_it(
                         destination=destination)
     assert seedream_sandbox.counters()["requests"].get("create", 0) == 0
     assert spend_keys(s3_client, destination.bucket) == []  # the refusal wrote nothing
+    record_spend("one `generate_images` of up to 4 images ($0.12 worst case)", "$0.10 a day",
+                 limit_value=0.10, requests=1, allowed=0,
+                 created=seedream_sandbox.counters()["creates"], spent=0.0)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_an_aborted_prediction_gives_its_reservation_back(
     mode: str, seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, record_spend: Any,
 ) -> None:
     """A limit of one image: the first prediction's Cancel-After passes while it is queued
     (aborted, not billed), so the budget is whole again and the next create is not refused."""
@@ -182,6 +186,11 @@ def test_an_aborted_prediction_gives_its_reservation_back(
     assert seedream_sandbox.counters()["creates"] == 2
     record = spend_record(s3_client, destination)
     assert (record["settled_images"], record["entries"]) == (1, {})
+    if mode == "sync":
+        record_spend("a prediction aborted in the queue (Cancel-After), then another",
+                     "1 image a day", limit_value=1, requests=2, allowed=2,
+                     created=seedream_sandbox.counters()["creates"],
+                     spent=record["settled_images"])
 
 
 def test_cancel_prediction_alone_settles_the_reservation(
@@ -228,7 +237,7 @@ BATCH_RUN = textwrap.dedent("""
 
 def test_two_processes_running_batches_against_one_limit_never_exceed_it(
     seedream_sandbox: Any, s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path,
-    record_outcome: Any,
+    record_spend: Any,
 ) -> None:
     """Two workers, eight different items each, one limit of five images a day: exactly five
     predictions are created between them, and every other item is skipped with the reason."""
@@ -263,10 +272,9 @@ def test_two_processes_running_batches_against_one_limit_never_exceed_it(
     record = json.loads(s3_client.get_object(
         Bucket=bucket, Key=f"shared/_ledger/spend/{today()}.json")["Body"].read())
     assert (record["settled_images"], record["entries"]) == (5, {})
-    record_outcome("two processes run generate_batch against one 5-image daily limit",
-                   "each create reserved in the S3 spend record first; the rest skipped_budget",
-                   created=seedream_sandbox.counters()["creates"] - 5, requests=11,
-                   left_running=0)
+    record_spend("two processes, each a `generate_batch` of 8 items at 4 in flight; the rest "
+                 "`skipped_budget`", "5 images a day", limit_value=5, requests=16, allowed=5,
+                 created=seedream_sandbox.counters()["creates"], spent=record["settled_images"])
 
 
 CRASHING_RUN = textwrap.dedent("""
@@ -298,7 +306,7 @@ CRASHING_RUN = textwrap.dedent("""
 
 def test_a_crashed_runs_reservation_is_reconciled_by_the_next_create(
     seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any, s3_endpoint: str,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_outcome: Any,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_spend: Any,
 ) -> None:
     """A run reserves four images (its worst case) and dies; its prediction goes on to make
     three. Once that prediction is sure to have ended, the next create settles the orphan at
@@ -334,9 +342,10 @@ def test_a_crashed_runs_reservation_is_reconciled_by_the_next_create(
     record = spend_record(s3_client, destination)
     assert (record["settled_images"], record["entries"]) == (4, {})  # 3 reconciled + 1
     assert seedream_sandbox.counters()["creates"] == 2
-    record_outcome("a run dies holding a spend reservation; the next create reconciles it",
-                   "settled at what the prediction billed; the budget is not blocked",
-                   created=1, left_running=0)
+    record_spend("a run reserves 4 images and dies (its prediction makes 3); the next run's "
+                 "create reconciles the orphan at 3 and fits", "4 images a day", limit_value=4,
+                 requests=2, allowed=2, created=seedream_sandbox.counters()["creates"],
+                 spent=record["settled_images"])
 
 
 def test_a_day_starts_at_midnight_in_the_configured_time_zone() -> None:
