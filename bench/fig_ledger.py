@@ -15,6 +15,11 @@ between, so the figure is the ledger alone:
   plus the run's open pointer (PUT at the claim, DELETE at the end); its `result.json`, written
   anyway, means done: 4 requests.
 
+- `after_flow_spend_day` / `after_flow_spend_day_month`: `after_flow` under a spend limit per day
+  (and per month): each limited period's record is read and compare-and-swapped at the
+  reservation and again at the settle (2 requests per period, twice), on one record that every
+  prediction of the period shares, so at 16 threads the conditional writes collide and retry.
+
 Latency: one prediction's ledger calls back to back, median of N, rounds interleaved (before,
 after, before, ...). Throughput: the same at 16 threads at once (a batch's `max_in_flight`).
 """
@@ -78,6 +83,24 @@ def _after(target: Any, scope: str) -> Any:
     return one
 
 
+def _after_with_spend(target: Any, kinds: tuple[str, ...]) -> Any:
+    """`after_flow`, plus the spend limit's reserve before the create and settle at the end."""
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.spend_limit import Limits, SpendGuard
+
+    at = ledger.Ledger(target, f"{target.prefix}/{'-'.join(kinds)}")
+    limit = {kind: 10**9 if kind in kinds else None for kind in ("day", "month")}
+    guard = SpendGuard(at, Limits(usd={"day": None, "month": None}, images=limit), 0.03)
+    claimed = _after(target, ledger.run_scope("bench-run"))
+
+    def one(i: int) -> None:
+        held = guard.reserve(uuid.uuid4().hex, 1, claim=None, expires_in=600,
+                             lookup=lambda _: None)
+        claimed(i)
+        held.settle(1)
+    return one
+
+
 def _latency_ms(one: Any, n: int) -> float:
     samples = []
     for i in range(n):
@@ -110,6 +133,8 @@ def run() -> dict[str, Any]:
                 "before_batch": _before_batch(target),
                 "after_flow": _after(target, ledger.run_scope("bench-run")),
                 "after_batch": _after(target, ledger.ITEMS),
+                "after_flow_spend_day": _after_with_spend(target, ("day",)),
+                "after_flow_spend_day_month": _after_with_spend(target, ("day", "month")),
             }
             for one in variants.values():  # warm up connections and the server
                 _latency_ms(one, 5)
@@ -123,9 +148,12 @@ def run() -> dict[str, Any]:
         "latency_ms": {name: round(median(v), 2) for name, v in latency.items()},
         "per_second_at_16": throughput,
         "requests_per_prediction": {"before_flow": 3, "before_batch": 2, "after_flow": 3,
-                                    "after_batch": 4},
+                                    "after_batch": 4, "after_flow_spend_day": 7,
+                                    "after_flow_spend_day_month": 11},
         "claims_two_runs_safely": {"before_flow": False, "before_batch": False,
-                                   "after_flow": True, "after_batch": True},
+                                   "after_flow": True, "after_batch": True,
+                                   "after_flow_spend_day": True,
+                                   "after_flow_spend_day_month": True},
     }
 
 

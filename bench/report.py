@@ -189,6 +189,13 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                 f"{lat[f'before_{path}']:.1f} ms, {per[f'before_{path}']:g}/s",
                 f"{lat[f'after_{path}'] / lat[f'before_{path}']:.2f}x latency",
                 "reported: the claim's price", None, "d")
+        if "after_flow_spend_day" in lat:
+            add("(d) Spend limit's reservation per prediction (a daily limit; after: reserved "
+                "and settled)",
+                f"{lat['after_flow_spend_day']:.1f} ms, {per['after_flow_spend_day']:g}/s",
+                f"{lat['after_flow']:.1f} ms, {per['after_flow']:g}/s",
+                f"{lat['after_flow_spend_day'] / lat['after_flow']:.2f}x latency",
+                "reported: the limit's price", None, "d")
     return rows, missed
 
 
@@ -196,7 +203,9 @@ def _ledger_table(fd: dict[str, Any]) -> str:
     rows = [[f"`{name}`", str(fd["requests_per_prediction"][name]),
              f"{fd['latency_ms'][name]:.1f} ms", f"{fd['per_second_at_16'][name]:g}",
              "yes" if fd["claims_two_runs_safely"][name] else "no"]
-            for name in ("before_flow", "after_flow", "before_batch", "after_batch")]
+            for name in ("before_flow", "after_flow", "before_batch", "after_batch",
+                         "after_flow_spend_day", "after_flow_spend_day_month")
+            if name in fd["latency_ms"]]
     return _table(rows, ["variant", "requests per prediction", "latency (median)",
                          f"per second at {fd['threads']} threads", "two runs pay once?"])
 
@@ -337,8 +346,11 @@ def render(results: dict[str, Any]) -> None:
                   "server), plain S3 records for batches (PUT + DELETE); neither could stop "
                   "two runs paying for one request. After: one S3 ledger of conditional "
                   "writes (claim `If-None-Match`, then `If-Match` updates; a batch item also "
-                  "keeps its run's open pointer). Against moto's S3 server, one process on "
-                  "loopback.", "", _ledger_table(figs["fig_ledger"]), ""]
+                  "keeps its run's open pointer). `after_flow_spend_*` add the spend limit: "
+                  "each limited period's one record is read and compare-and-swapped at the "
+                  "reservation and at the settle, so concurrent creates of a period serialise "
+                  "on it (a collision re-reads and retries). Against moto's S3 server, one "
+                  "process on loopback.", "", _ledger_table(figs["fig_ledger"]), ""]
     parts += analysis_for(figs, missed)
     parts += ["## How each figure is measured", "",
               "See the docstring at the top of each `bench/fig_*.py`; raw numbers are in "
