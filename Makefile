@@ -37,7 +37,7 @@ reliability: $(STAMP)  ## rerun the fault tests and rewrite RELIABILITY.md from 
 		tests/test_command_line.py tests/test_storage.py tests/test_paid_images_kept.py \
 		tests/e2e/test_e2e_lifecycle.py tests/test_hostile_*.py tests/e2e/test_hostile_*.py \
 		tests/test_fault_matrix*.py tests/e2e/test_fault_matrix*.py tests/test_request_ledger.py \
-		tests/test_spend_limit.py
+		tests/test_spend_limit.py tests/e2e/test_spend_limit_burst.py
 	$(PY) tests/render_reliability.py .reliability.json.* > RELIABILITY.md && rm .reliability.json.*
 
 bench: $(STAMP)  ## every benchmark figure (~8 min); rewrites BENCHMARKS.md and bench/plots/

@@ -14,14 +14,16 @@ from prefect_seedream.tasks import prediction_ledger as ledger
 from prefect_seedream.tasks.connections import replicate_api, resolve_destination
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.request_builders import RequestMatch
+from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 
 
-def run_ledger(flow_run: Any, prefix: str | None = None) -> ledger.Ledger:
+def run_ledger(flow_run: Any, key_prefix: str | None = None) -> ledger.Ledger:
     """The ledger a run wrote to, rebuilt from its parameters (a block passed by value is not
-    available here: the settings' destination stands in)."""
+    available here: the settings' destination stands in), under `key_prefix` if the run kept
+    it there (a batch keeps its ledger under its own `key_prefix`)."""
     named = (flow_run.parameters or {}).get("destination")
     target = resolve_destination(named if isinstance(named, str) else None)
-    return ledger.Ledger(target, target.prefix if prefix is None else prefix)
+    return ledger.Ledger(target, key_prefix_under(target.prefix, key_prefix))
 
 
 def cancel_run_predictions(at: ledger.Ledger, flow_run: Any, state: Any) -> list[str]:

@@ -5,15 +5,12 @@ is settled by the next attempt instead of paid again."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from batch_processes import run_batches_at_once
 from prefect import flow
 
 from prefect_seedream import CreateOutcomeUnknown, SeedreamInput, create_prediction
@@ -47,52 +44,18 @@ def test_of_many_claims_at_once_exactly_one_wins(destination: Any, s3_client: An
     assert record["state"] == "sending" and "prompt" not in json.dumps(record)
 
 
-BATCH_RUN = textwrap.dedent("""
-    import json, sys
-    from pydantic import SecretStr
-    from prefect_seedream import generate_batch, ReplicateCredentials, S3Destination
-    from prefect_seedream.flows.batch.report import BatchItemsFailed
-
-    args = json.loads(sys.argv[1])
-    state = generate_batch(
-        args["rows"], return_state=True, max_in_flight=16,
-        credentials=ReplicateCredentials(api_token=SecretStr(args["token"]),
-                                         base_url=args["base_url"]),
-        destination=S3Destination(bucket=args["bucket"], prefix="shared",
-                                  endpoint_url=args["endpoint"], region_name="us-east-1",
-                                  aws_access_key_id="testing",
-                                  aws_secret_access_key=SecretStr("testing")))
-    data = state.result(raise_on_failure=False)
-    result = data.result if isinstance(data, BatchItemsFailed) else data
-    print("RESULT " + json.dumps([[i.status, i.cost_usd, i.prediction_id, i.uris]
-                                  for i in result.items]))
-""")
-
-
 def test_two_processes_running_one_manifest_pay_for_each_item_once(
     seedream_sandbox: Any, s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path,
     record_outcome: Any,
 ) -> None:
     """Two workers (or an overlapping schedule) on the same 16-row manifest at the same time:
     each item is created once, and both runs end with every item accounted for."""
-    from prefect.settings import PREFECT_API_URL
-
     seedream_sandbox.configure(run_seconds=3)
     rows = [{"id": f"p{i}", "prompt": f"catalogue shot {i}", "size": "1K"} for i in range(16)]
-    script = tmp_path / "batch_run.py"
-    script.write_text(BATCH_RUN)
-    args = json.dumps({"rows": rows, "token": seedream_sandbox.api_token,
-                       "base_url": seedream_sandbox.base_url, "bucket": bucket,
-                       "endpoint": s3_endpoint})
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    runs = [subprocess.Popen([sys.executable, str(script), args], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    results = []
-    for process in runs:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-        line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-        results.append(json.loads(line.removeprefix("RESULT ")))
+    results = [[(i["status"], i["cost_usd"], i["prediction_id"],
+                 [image["uri"] for image in i["images"]]) for i in items]
+               for items in run_batches_at_once(seedream_sandbox, s3_endpoint, bucket,
+                                                tmp_path, [rows, rows])]
 
     assert seedream_sandbox.counters()["creates"] == 16
     for items in results:

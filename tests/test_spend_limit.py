@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch_processes import run_batches_at_once
 
 from prefect_seedream import (
     BudgetExceeded,
@@ -214,55 +215,18 @@ def test_cancel_prediction_alone_settles_the_reservation(
     assert (record["entries"], record["settled_images"]) == ({}, 3)
 
 
-BATCH_RUN = textwrap.dedent("""
-    import json, sys
-    from pydantic import SecretStr
-    from prefect_seedream import generate_batch, ReplicateCredentials, S3Destination
-    from prefect_seedream.flows.batch.report import BatchItemsFailed
-
-    args = json.loads(sys.argv[1])
-    state = generate_batch(
-        args["rows"], return_state=True, max_in_flight=4,
-        credentials=ReplicateCredentials(api_token=SecretStr(args["token"]),
-                                         base_url=args["base_url"]),
-        destination=S3Destination(bucket=args["bucket"], prefix="shared",
-                                  endpoint_url=args["endpoint"], region_name="us-east-1",
-                                  aws_access_key_id="testing",
-                                  aws_secret_access_key=SecretStr("testing")))
-    data = state.result(raise_on_failure=False)
-    result = data.result if isinstance(data, BatchItemsFailed) else data
-    print("RESULT " + json.dumps([[i.status, i.error_type, i.error] for i in result.items]))
-""")
-
-
 def test_two_processes_running_batches_against_one_limit_never_exceed_it(
     seedream_sandbox: Any, s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path,
     record_spend: Any,
 ) -> None:
     """Two workers, eight different items each, one limit of five images a day: exactly five
     predictions are created between them, and every other item is skipped with the reason."""
-    from prefect.settings import PREFECT_API_URL
-
     seedream_sandbox.configure(run_seconds=1)
-    script = tmp_path / "batch_run.py"
-    script.write_text(BATCH_RUN)
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY": "5"}
-    runs = []
-    for worker in ("a", "b"):
-        rows = [{"id": f"{worker}{i}", "prompt": f"worker {worker} shot {i}", "size": "1K"}
-                for i in range(8)]
-        args = json.dumps({"rows": rows, "token": seedream_sandbox.api_token,
-                           "base_url": seedream_sandbox.base_url, "bucket": bucket,
-                           "endpoint": s3_endpoint})
-        runs.append(subprocess.Popen([sys.executable, str(script), args], env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    items = []
-    for process in runs:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-        line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-        items += json.loads(line.removeprefix("RESULT "))
+    manifests = [[{"id": f"{worker}{i}", "prompt": f"worker {worker} shot {i}", "size": "1K"}
+                  for i in range(8)] for worker in ("a", "b")]
+    items = [(i["status"], i["error_type"], i["error"]) for results in run_batches_at_once(
+        seedream_sandbox, s3_endpoint, bucket, tmp_path, manifests, max_in_flight=4,
+        env={"SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY": "5"}) for i in results]
 
     assert seedream_sandbox.counters()["creates"] == 5
     statuses = [status for status, *_ in items]

@@ -41,7 +41,6 @@ from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, p
 from prefect_seedream.flows.flow_support import check_bucket
 from prefect_seedream.flows.spend_report import publish_spend
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
-from prefect_seedream.tasks.prediction_ledger import Ledger
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage
@@ -164,9 +163,7 @@ def cancel_batch_predictions(flow: Any, flow_run: Any, state: Any) -> None:
 
     params = flow_run.parameters or {}
     try:
-        at = run_ledger(flow_run)
-        at = Ledger(at.destination, key_prefix_under(at.destination.prefix,
-                                                     params.get("key_prefix")))
+        at = run_ledger(flow_run, params.get("key_prefix"))
     except Exception as exc:
         _log().error("Could not find batch %s's ledger: %s", flow_run.id, exc)
         return
