@@ -29,19 +29,27 @@ def run_ledger(flow_run: Any, key_prefix: str | None = None) -> ledger.Ledger:
 def cancel_run_predictions(at: ledger.Ledger, flow_run: Any, state: Any) -> list[str]:
     """Cancel what the run owns and has not seen finish: created predictions by id, and creates
     it never heard back from by their request (`RequestMatch`). Returns the ids cancelled."""
+    credentials = (flow_run.parameters or {}).get("credentials")
+    return cancel_open_records(at, str(flow_run.id), state.name,
+                               credentials if isinstance(credentials, str) else None)
+
+
+def cancel_open_records(at: ledger.Ledger, run_id: str, why: str, credentials: Any,
+                        *, unanswered_only: bool = False) -> list[str]:
+    """Cancel the predictions of run `run_id`'s open ledger records (only those whose create
+    has not answered yet, with `unanswered_only`): by id, else found by their request."""
     from prefect.logging import get_logger
 
     log = get_logger("prefect_seedream.hooks")
-    flow_run_id = str(flow_run.id)
     try:
-        records = [r for r in at.records_of(flow_run_id) if ledger.is_open(r)]
+        records = [r for r in at.records_of(run_id) if ledger.is_open(r)
+                   and not (unanswered_only and r.get("prediction_id"))]
     except Exception as exc:
-        log.error("Could not read flow run %s's predictions: %s", flow_run_id, type(exc).__name__)
+        log.error("Could not read flow run %s's predictions: %s", run_id, type(exc).__name__)
         return []
     if not records:
         return []
-    credentials = (flow_run.parameters or {}).get("credentials")
-    api = replicate_api(credentials if isinstance(credentials, str) else None)
+    api = replicate_api(credentials)
     cancelled: list[str] = []
     for record in records:
         try:
@@ -50,7 +58,7 @@ def cancel_run_predictions(at: ledger.Ledger, flow_run: Any, state: Any) -> list
                 result = api.run(protocol.cancel(prediction_id, policy=protocol.RetryPolicy()))
                 status = result.status.value if result is not None else "unknown"
                 log.warning("Flow run %s ended (%s): cancelled prediction %s (now %s)",
-                            flow_run_id, state.name, prediction_id, status)
+                            run_id, why, prediction_id, status)
                 cancelled.append(prediction_id)
                 continue
             found = api.run(protocol.abandon(
@@ -62,7 +70,7 @@ def cancel_run_predictions(at: ledger.Ledger, flow_run: Any, state: Any) -> list
             continue
         for prediction_id in found:
             log.warning("Flow run %s ended (%s): cancelled prediction %s, made by a create it "
-                        "never heard back from", flow_run_id, state.name, prediction_id)
+                        "never heard back from", run_id, why, prediction_id)
         cancelled += found
     return cancelled
 

@@ -183,7 +183,11 @@ def test_mixed_csv_batch_stores_every_item_and_a_results_manifest(
     assert lines[2]["images"][1]["uri"] == result.items[2].images[1].uri
     assert events[0]["event"] == "plan" and events[0]["estimate_usd"] == pytest.approx(0.12)
     assert events[-1]["event"] == "done"
-    assert seedream_sandbox.counters()["creates"] == 3
+    counters = seedream_sandbox.counters()
+    assert counters["creates"] == 3
+    # Sync mode: each prediction ended inside the create's wait, so none was polled.
+    api_calls = sum(n for route, n in counters["requests"].items() if route != "files")
+    assert (counters["gets"], api_calls) == (0, 3), counters["requests"]
 
 
 # --- failures and rate limits ---------------------------------------------------------------

@@ -37,6 +37,7 @@ from prefect_seedream.tasks.errors import (
 )
 from prefect_seedream.tasks.prediction_ledger import Ledger, current_flow_run_id
 from prefect_seedream.tasks.prediction_support import plan_create, run_create
+from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
 from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy, cancel
 from prefect_seedream.tasks.seedream_input import output_dimensions
 from prefect_seedream.tasks.seedream_settings import get_settings
@@ -155,11 +156,17 @@ class BatchControl:
         An item whose create is still in the air sees the stop switch when it returns and
         cancels its own prediction (it registers before it checks, so none slips through).
         """
+        from prefect_seedream.flows.run_hooks import cancel_open_records
+
         self.stop.set()
         with self._lock:
             ids = list(self._in_flight.values())
         for prediction_id in ids:
             self.cancel_one(prediction_id)
+        # Creates still in the air (sync mode holds one open until the prediction ends): their
+        # predictions are found by request through the ledger records claimed before sending.
+        ids += cancel_open_records(self.ledger, self.run_id, "stopped", self.credentials,
+                                   unanswered_only=True)
         _log().warning("Batch stopped: cancelled %d prediction(s) still running", len(ids))
         return ids
 
@@ -183,9 +190,14 @@ def _create_once(request: Any, control: BatchControl, key: str) -> tuple[Predict
     sources named by content, so the URLs this attempt presigned play no part in finding what
     an earlier attempt or run paid for. Returns the prediction and whether this run owns it.
     """
-    margin = get_settings().cancel_after_margin_seconds
+    settings = get_settings()
+    # Sync mode (`Prefer: wait`), as the image flows: a prediction that ends inside the window
+    # costs this one request, no polls. The claim is recorded before the create is sent, so a
+    # crash while it waits is found by its request as before.
+    wait = min(settings.sync_wait_seconds, int(control.timeout_seconds)) or None
     plan = plan_create(request, control.credentials, webhook=None, webhook_events_filter=None,
-                       wait_seconds=None, cancel_after=control.timeout_seconds + margin,
+                       wait_seconds=wait,
+                       cancel_after=control.timeout_seconds + settings.cancel_after_margin_seconds,
                        idempotency_key=None, ledger_at=control.ledger, item_key=key)
     prediction = run_create(plan, acquire_create_slot)
     ours = plan.claim is None or plan.claim.record.get("run") == control.run_id
@@ -242,8 +254,11 @@ def _predict(item: BatchItem, key: str, control: BatchControl
         with _slot(control.concurrency_limit_name):
             prediction, ours = _create(item, key, request, control)
             try:
-                if control.stop.is_set():  # stopped while this create was in the air
-                    if ours:
+                if (control.stop.is_set()
+                        and prediction.status is not PredictionStatus.SUCCEEDED):
+                    # Stopped while this create was in the air: cancel what still runs. One
+                    # that succeeded in the sync window is paid for: it is stored below.
+                    if ours and not prediction.status.is_terminal:
                         control.cancel_one(prediction.id)
                     raise BatchStopped
                 return _await(prediction, control), expected, ours
