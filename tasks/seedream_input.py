@@ -64,8 +64,10 @@ def _bundled(info: ValidationInfo) -> bool:
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    # Pydantic's own wording, and never the value itself (it may come from a file's content).
     if value not in allowed:
-        raise ValueError(f"{value!r} is not one of {', '.join(allowed)} (Seedream 4)")
+        choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+        raise ValueError(f"Input should be {choices} (Seedream 4)")
     return value
 
 
@@ -151,14 +153,17 @@ class SeedreamInput(BaseModel):
     @classmethod
     def _side(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and _bundled(info) and not MIN_SIDE <= value <= MAX_SIDE:
-            raise ValueError(f"{value} is outside {MIN_SIDE}..{MAX_SIDE} (Seedream 4)")
+            bound = (f"greater than or equal to {MIN_SIDE}" if value < MIN_SIDE
+                     else f"less than or equal to {MAX_SIDE}")
+            raise ValueError(f"Input should be {bound} (Seedream 4)")
         return value
 
     @field_validator("max_images")
     @classmethod
     def _max_images(cls, value: int, info: ValidationInfo) -> int:
         if _bundled(info) and value > MAX_TOTAL_IMAGES:
-            raise ValueError(f"{value} is above {MAX_TOTAL_IMAGES} (Seedream 4)")
+            raise ValueError(f"Input should be less than or equal to {MAX_TOTAL_IMAGES} "
+                             "(Seedream 4)")
         return value
 
     @field_validator("image_input")
