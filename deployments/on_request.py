@@ -39,6 +39,7 @@ PARAMETERS = {
     "max_images": "{{ event.payload.max_images | default(1) }}",
     "enhance_prompt": "{{ event.payload.enhance_prompt | default(none) }}",
     "key_prefix": "{{ event.payload.key_prefix | default(none) }}",
+    "model": "{{ event.payload.model | default(none) }}",
 }
 
 

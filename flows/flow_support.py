@@ -10,7 +10,12 @@ from pydantic import ValidationError
 from prefect_seedream.blocks.s3_destination import S3Destination
 from prefect_seedream.flows.source_images import first_image_size, presign_sources
 from prefect_seedream.tasks.errors import InvalidInput, PredictionFailed, StorageFailed
-from prefect_seedream.tasks.seedream_input import SeedreamInput, describe_errors, output_dimensions
+from prefect_seedream.tasks.seedream_input import (
+    SCHEMA_CHECKED,
+    SeedreamInput,
+    describe_errors,
+    output_dimensions,
+)
 
 
 def build_request(
@@ -26,7 +31,9 @@ def build_request(
         "image_input": image_input,
     }
     try:
-        return SeedreamInput(**{k: v for k, v in fields.items() if v is not None})
+        # The model's published schema checks enums and ranges (`checked_request`).
+        return SeedreamInput.model_validate({k: v for k, v in fields.items() if v is not None},
+                                            context=SCHEMA_CHECKED)
     except ValidationError as exc:
         raise InvalidInput(f"invalid Seedream input: {describe_errors(exc)}") from exc
 

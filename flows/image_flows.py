@@ -27,6 +27,7 @@ from prefect_seedream.flows.image_report import publish_report
 from prefect_seedream.flows.run_hooks import cancel_open_predictions
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
 from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.model_schemas import checked_request
 from prefect_seedream.tasks.predictions import await_prediction, create_prediction
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
@@ -45,6 +46,7 @@ def run_prediction(
     title: str,
     sources: list[str] | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Create, await and store one prediction; the shared body of both flows.
 
@@ -56,7 +58,7 @@ def run_prediction(
     for attempt in range(settings.interrupted_retries + 1):
         prediction = create_prediction(
             request, credentials=credentials, sources=sources, ledger=destination,
-            request_id=request_id,
+            request_id=request_id, model=model,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -97,11 +99,14 @@ def generate_images(
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Generate images from `prompt` and store them in S3.
 
     `max_images > 1` turns on sequential generation; Seedream may return fewer images.
     `credentials` and `destination` take a block, a saved block's name, or None (settings).
+    `model` is `owner/name` or `owner/name:version` (default `SEEDREAM_MODEL`,
+    `bytedance/seedream-4`); the input is checked against the schema that model publishes.
     `request_id` (an order number, an event's id) names the request across runs: every run
     that asks for the same input under the same id, even at the same moment, shares one
     prediction and its images; without it each flow run pays for its own.
@@ -118,6 +123,8 @@ def generate_images(
         prompt, size=size, aspect_ratio=aspect_ratio, width=width, height=height,
         max_images=max_images, enhance_prompt=enhance_prompt,
     )
+    # The model's published schema (or, unreachable, Seedream 4's bundled rules), first.
+    request = checked_request(request, model or get_settings().model, credentials)
     resolve_credentials(credentials)  # fail now on missing credentials, not after paying
     target = resolve_destination(destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
@@ -125,7 +132,7 @@ def generate_images(
     return run_prediction(
         request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
-        title=f"Generated: {prompt}", request_id=request_id,
+        title=f"Generated: {prompt}", request_id=request_id, model=model,
     )
 
 
@@ -151,6 +158,7 @@ def edit_image(
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Apply `instruction` to `images` (s3:// URIs or https URLs) and store the results in S3.
 
@@ -172,10 +180,12 @@ def edit_image(
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
     )
+    checked_request(edit.request, model or get_settings().model, credentials)
     resolve_credentials(credentials)
     check_bucket(target)
     return run_prediction(
         edit.request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
         title=f"Edited: {instruction}", sources=edit.sources, request_id=request_id,
+        model=model,
     )

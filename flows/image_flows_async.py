@@ -35,6 +35,7 @@ from prefect_seedream.flows.flow_support import (
 from prefect_seedream.flows.image_report import publish_report
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
 from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.model_schemas import checked_request
 from prefect_seedream.tasks.predictions_async import aawait_prediction, acreate_prediction
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_input import SeedreamInput, output_dimensions
@@ -54,6 +55,7 @@ async def arun_prediction(
     title: str,
     sources: list[str] | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Create, await and store one prediction without blocking the loop."""
     settings = get_settings()
@@ -61,7 +63,7 @@ async def arun_prediction(
     for attempt in range(settings.interrupted_retries + 1):
         prediction = await acreate_prediction(
             request, credentials=credentials, sources=sources, ledger=destination,
-            request_id=request_id,
+            request_id=request_id, model=model,
             cancel_after=timeout_seconds + settings.cancel_after_margin_seconds,
             wait_seconds=min(settings.sync_wait_seconds, int(timeout_seconds)) or None,
         )
@@ -112,6 +114,7 @@ async def agenerate_images(
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Async `generate_images`: same arguments, same guarantees.
 
@@ -131,12 +134,14 @@ async def agenerate_images(
         prompt, size=size, aspect_ratio=aspect_ratio, width=width, height=height,
         max_images=max_images, enhance_prompt=enhance_prompt,
     )
+    request = await to_thread.run_sync(  # the model's published schema, before anything else
+        checked_request, request, model or get_settings().model, credentials)
     target = await _target(credentials, destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     return await arun_prediction(
         request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=output_dimensions(request),
-        title=f"Generated: {prompt}", request_id=request_id,
+        title=f"Generated: {prompt}", request_id=request_id, model=model,
     )
 
 
@@ -160,6 +165,7 @@ async def aedit_image(
     key_prefix: str | None = None,
     timeout_seconds: float = 600,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> list[StoredImage]:
     """Async `edit_image`: same arguments, same guarantees."""
     target = await to_thread.run_sync(resolve_destination, destination)
@@ -169,9 +175,12 @@ async def aedit_image(
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
     ))
+    await to_thread.run_sync(checked_request, edit.request, model or get_settings().model,
+                             credentials)
     target = await _target(credentials, target)
     return await arun_prediction(
         edit.request, credentials=credentials, destination=target, key_prefix=prefix,
         timeout_seconds=timeout_seconds, expected_size=edit.expected_size,
         title=f"Edited: {instruction}", sources=edit.sources, request_id=request_id,
+        model=model,
     )

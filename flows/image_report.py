@@ -37,7 +37,8 @@ def report_markdown(
     lines = [
         f"### {_cell(title)[:200]}",
         "",
-        f"Prediction `{prediction.id}` ({prediction.status.value}); "
+        f"Prediction `{prediction.id}` ({prediction.status.value}"
+        + (f", `{_cell(prediction.model)[:120]}`" if prediction.model else "") + "); "
         f"{len(stored)} image(s) stored in {seconds:.1f}s"
         + (f", model time {predict:.1f}s" if isinstance(predict, (int, float)) else "")
         + ".",

@@ -49,8 +49,8 @@ def spend_markdown(guard: spend_limit.SpendGuard) -> str:
         "# Seedream spend",
         "",
         f"Kept at `s3://{guard.at.destination.bucket}/{guard.at.root}/spend/`; time zone "
-        f"{guard.time_zone}; ${guard.price:.3f} per image. A period without a limit is not "
-        "recorded.",
+        f"{guard.time_zone}; each prediction at its model's price per image. A period without "
+        "a limit is not recorded.",
         "",
         "| Period | Spent | Reserved by open predictions | Limit | Left |",
         "|---|---|---|---|---|",

@@ -48,6 +48,8 @@ def _storage_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: SEEDREAM_S3_ENDPOINT_URL, else AWS)")
     parser.add_argument("--credentials", help="name of a saved ReplicateCredentials block "
                                               "(default: REPLICATE_API_TOKEN)")
+    parser.add_argument("--model", help="Replicate model, owner/name or owner/name:version "
+                        "(default: SEEDREAM_MODEL, bytedance/seedream-4)")
     parser.add_argument("--debug", action="store_true",
                         help="also print Prefect's own log, and an error's traceback")
 
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="generate/edit every row of a JSONL or CSV manifest")
     batch.add_argument("manifest", help="a .jsonl or .csv file, or an s3:// URI")
     batch.add_argument("--max-in-flight", type=int, default=16)
-    batch.add_argument("--price", type=float, default=0.03, help="USD per output image (0.03)")
+    batch.add_argument("--price", type=float,
+                       help="USD per output image (default: the model's, $0.03 for Seedream 4)")
     batch.add_argument("--max-images-total", type=int, help="stop submitting past this many")
     batch.add_argument("--max-cost", type=float, help="stop submitting past this many USD")
     _storage_flags(batch)
@@ -196,7 +199,7 @@ def _run(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
     options: dict[str, Any] = {
         "size": args.size, "aspect_ratio": args.aspect_ratio, "width": args.width,
         "height": args.height, "max_images": args.max_images, "timeout_seconds": args.timeout,
-        "request_id": args.request_id,
+        "request_id": args.request_id, "model": args.model,
     }
     with _targets(args, ctx) as targets:
         s3 = targets.pop("s3", None)
@@ -230,7 +233,7 @@ def _batch(args: argparse.Namespace, ctx: Context, progress: Progress) -> int:
     options: dict[str, Any] = {
         "max_in_flight": args.max_in_flight, "price_per_image_usd": args.price,
         "max_images_total": args.max_images_total, "max_cost_usd": args.max_cost,
-        "timeout_seconds": args.timeout,
+        "timeout_seconds": args.timeout, "model": args.model,
     }
     with contextlib.ExitStack() as stack:
         targets = stack.enter_context(_targets(args, ctx))
@@ -266,8 +269,11 @@ def _spend(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     target = resolve_destination(_destination(args))
+    from prefect_seedream.tasks.model_prices import price_per_image
+
+    price = price_per_image(settings.model, settings.price_per_image_usd) or 0.0
     guard = SpendGuard(Ledger(target, target.prefix), Limits.of(settings),
-                       settings.price_per_image_usd, settings.spend_time_zone)
+                       price, settings.spend_time_zone)
     print(spend_markdown(guard))
     return EXIT_OK
 

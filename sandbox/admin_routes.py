@@ -4,6 +4,9 @@
 - `GET /_sandbox/faults`, `POST /_sandbox/faults` with `{fault: value, ...}` (`Faults`)
 - `GET /_sandbox/counters`, `POST /_sandbox/reset`
 - `GET /_sandbox/predictions`, `GET /_sandbox/predictions/{id}`
+- `POST /_sandbox/models/{owner}/{name}` with an OpenAPI document: serve it as that model's
+  new latest version (its `components.schemas.Input` decides what creates accept); the
+  answer names the model and the new version id. A reset serves the default schemas again.
 
 A POST applies its whole body or none of it: on any problem it answers 400 with a detail
 naming each refused field, and changes nothing. On success it answers with what GET then shows.
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from prefect_seedream.sandbox.app import SandboxApp
 
 _PREDICTION = re.compile(r"^/_sandbox/predictions/([a-z0-9]+)$")
+_MODEL = re.compile(r"^/_sandbox/models/([^/]+)/([^/]+)$")
 
 
 def _loopback(host: str) -> bool:
@@ -91,6 +95,13 @@ def handle(app: SandboxApp, request: Request) -> Response:
         if key == ("GET", "/_sandbox/predictions"):
             return json_response(200, {"results": [app.prediction_json(r)
                                                    for r in app.store.all()]})
+        model = _MODEL.match(request.path)
+        if request.method == "POST" and model is not None:
+            name = f"{model.group(1)}/{model.group(2)}"
+            if name not in app.models.models():
+                return problem(404, f"Model {name} not found", "Not found")
+            version = app.models.set_schema(name, _body(request))
+            return json_response(200, {"model": name, "version": version})
         match = _PREDICTION.match(request.path)
         if request.method == "GET" and match is not None:
             record = app.store.get(match.group(1))

@@ -18,17 +18,12 @@ from prefect_seedream.sandbox.fault_settings import MIN_SIDE
 from prefect_seedream.sandbox.file_routes import as_data_uris
 from prefect_seedream.sandbox.http_types import Request, Response, json_response, problem
 from prefect_seedream.sandbox.input_images import InputImageError, load_inputs
-from prefect_seedream.sandbox.model_info import (
-    VERSION_ID,
-    UnknownModel,
-    account_object,
-    model_object,
-    resolve_version,
-)
+from prefect_seedream.sandbox.model_info import UnknownModel, account_object
 from prefect_seedream.sandbox.prediction_state import PredictionRecord, new_prediction_id
 from prefect_seedream.sandbox.webhooks import DEFAULT_EVENTS, WEBHOOK_EVENTS
+from prefect_seedream.tasks.model_schema import input_problems
 from prefect_seedream.tasks.seedream_input import (
-    MODEL_SLUG,
+    SCHEMA_CHECKED,
     SeedreamInput,
     describe_errors,
     output_dimensions,
@@ -49,10 +44,11 @@ class _Rejected(Exception):
 
 
 def create_for_model(app: SandboxApp, request: Request, owner: str, name: str) -> Response:
-    """`POST /v1/models/{owner}/{name}/predictions`."""
-    if f"{owner}/{name}" != MODEL_SLUG:
-        return problem(404, f"Model {owner}/{name} not found; the sandbox serves {MODEL_SLUG}",
-                       "Not found")
+    """`POST /v1/models/{owner}/{name}/predictions`: the model's latest version."""
+    model = f"{owner}/{name}"
+    if model not in app.models.models():
+        return problem(404, f"Model {model} not found; the sandbox serves "
+                       f"{', '.join(app.models.models())}", "Not found")
     try:
         body = _json_object(request)
         if "version" in body:
@@ -60,7 +56,7 @@ def create_for_model(app: SandboxApp, request: Request, owner: str, name: str) -
                                     "Invalid input"))
     except _Rejected as exc:
         return exc.response
-    return _create(app, request, body, MODEL_SLUG, VERSION_ID)
+    return _create(app, request, body, model, app.models.latest(model))
 
 
 def create_for_version(app: SandboxApp, request: Request) -> Response:
@@ -73,9 +69,10 @@ def create_for_version(app: SandboxApp, request: Request) -> Response:
     if not isinstance(version, str) or not version:
         return problem(422, "version: required; use 'bytedance/seedream-4'", "Invalid input")
     try:
-        model, version_id = resolve_version(version)
+        model, version_id = app.models.resolve(version)
     except UnknownModel as exc:
-        return problem(404, f"{exc}; the sandbox serves {MODEL_SLUG}", "Not found")
+        return problem(404, f"{exc}; the sandbox serves {', '.join(app.models.models())}",
+                       "Not found")
     return _create(app, request, body, model, version_id)
 
 
@@ -122,8 +119,13 @@ def _create(
         return exc.response
     except ValueError as exc:
         return problem(400, str(exc))
+    # The version's served schema decides fields, enums and ranges; the cross-field rules a
+    # schema cannot express are SeedreamInput's, as on Replicate.
+    problems = input_problems(body["input"], app.models.schema(model, version), model)
+    if problems:
+        return problem(422, "; ".join(problems), "Invalid input")
     try:
-        seedream = SeedreamInput.model_validate(body["input"])
+        seedream = SeedreamInput.model_validate(body["input"], context=SCHEMA_CHECKED)
     except ValidationError as exc:
         return problem(422, describe_errors(exc), "Invalid input")
     try:
@@ -134,6 +136,7 @@ def _create(
         width, height = output_dimensions(seedream, inputs[0].size if inputs else None)
     except ValueError as exc:
         return problem(422, f"aspect_ratio: {exc}", "Invalid input")
+
     cfg = app.config
     now = app.clock()
     failure = app.faults.take_interrupt()
@@ -250,7 +253,20 @@ def get_webhook_secret(app: SandboxApp, request: Request) -> Response:
 
 
 def get_model(app: SandboxApp, request: Request, owner: str, name: str) -> Response:
-    """`GET /v1/models/{owner}/{name}` (only Seedream 4 exists)."""
-    if f"{owner}/{name}" != MODEL_SLUG:
+    """`GET /v1/models/{owner}/{name}`: the model and its latest version's schema."""
+    try:
+        body = app.models.model_object(f"{owner}/{name}", app.base_url)
+    except UnknownModel:
         return problem(404, f"Model {owner}/{name} not found", "Not found")
-    return json_response(200, model_object(app.base_url))
+    app.counters.add("models")
+    return json_response(200, body)
+
+
+def get_version(app: SandboxApp, request: Request, owner: str, name: str,
+                version: str) -> Response:
+    """`GET /v1/models/{owner}/{name}/versions/{id}`: one version and its schema."""
+    model = f"{owner}/{name}"
+    if model not in app.models.models() or not app.models.has_version(model, version):
+        return problem(404, f"Version {version} of {model} not found", "Not found")
+    app.counters.add("models")
+    return json_response(200, app.models.version_object(model, version))

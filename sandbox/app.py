@@ -19,6 +19,7 @@ from prefect_seedream.sandbox.config import SandboxConfig
 from prefect_seedream.sandbox.counters import Counters
 from prefect_seedream.sandbox.faults import Faults
 from prefect_seedream.sandbox.http_types import Request, Response, problem
+from prefect_seedream.sandbox.model_info import ModelCatalog
 from prefect_seedream.sandbox.prediction_state import PredictionRecord
 from prefect_seedream.sandbox.rate_limit import TokenBucket, throttled_detail
 from prefect_seedream.sandbox.rendering import FileCache
@@ -36,7 +37,9 @@ _V1_ROUTES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("POST", re.compile(rf"^/v1/predictions/{_ID}/cancel$"), "cancel", "cancel_prediction"),
     ("GET", re.compile(r"^/v1/account$"), "account", "get_account"),
     ("GET", re.compile(r"^/v1/webhooks/default/secret$"), "account", "get_webhook_secret"),
-    ("GET", re.compile(r"^/v1/models/([^/]+)/([^/]+)$"), "account", "get_model"),
+    ("GET", re.compile(r"^/v1/models/([^/]+)/([^/]+)$"), "models", "get_model"),
+    ("GET", re.compile(r"^/v1/models/([^/]+)/([^/]+)/versions/([0-9a-f]{64})$"), "models",
+     "get_version"),
 ]
 
 
@@ -63,6 +66,7 @@ class SandboxApp:
         self.counters = Counters()
         self.faults = Faults(self.expire, seed=config.seed)
         self.files = FileCache(config.file_cache_bytes)
+        self.models = ModelCatalog()
         self.dispatcher = WebhookDispatcher(self._webhook_settings, self._webhook_report)
         self._lock = threading.Lock()
         self._tick_lock = threading.Lock()
@@ -111,6 +115,7 @@ class SandboxApp:
         self.counters.reset()
         self.faults.clear()
         self.files.discard()
+        self.models.restore()
 
     def expire(self, prediction_id: str | None, after_seconds: float | None) -> None:
         """Remove outputs early; see `Faults.expire_outputs`."""

@@ -7,6 +7,7 @@ from typing import Any
 
 GLOBAL_KEYS = (
     "creates", "gets", "cancels", "lists", "downloads", "download_bytes", "accounts",
+    "models",
     "webhook_deliveries", "webhook_failures", "webhook_given_up", "rate_limited",
     "faults_injected", "dropped_responses", "unauthorized",
 )

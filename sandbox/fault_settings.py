@@ -24,7 +24,7 @@ from typing import Any
 from prefect_seedream.sandbox.prediction_state import INTERRUPTED
 from prefect_seedream.sandbox.rendering import CORRUPTIONS
 
-ROUTES = frozenset({"create", "get", "cancel", "list", "files", "account"})
+ROUTES = frozenset({"create", "get", "cancel", "list", "files", "account", "models"})
 # The keys a body may hold: the names of the fault methods.
 ADMIN_ACTIONS = frozenset({
     "rate_limit_creates", "fail_next", "error_share", "drop_create_responses",

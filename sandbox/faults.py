@@ -85,7 +85,7 @@ class Faults:
         """Answer the next `n` calls of `route` with `status` (queued after earlier ones).
 
         Args:
-            route: One of create, get, cancel, list, files, account.
+            route: One of create, get, cancel, list, files, account, models.
             n: How many calls fail; 0 or less queues nothing.
             status: HTTP status to answer with.
         """

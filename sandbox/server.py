@@ -256,11 +256,20 @@ class Sandbox:
         """Every prediction, newest first."""
         return [self._app.prediction_json(r) for r in self._app.store.all()]
 
+    def model_schema(self, model: str) -> dict[str, Any]:
+        """The OpenAPI document the sandbox serves as `model`'s latest version."""
+        return self._app.models.schema(model)
+
+    def set_model_schema(self, model: str, schema: dict[str, Any]) -> str:
+        """Serve `schema` as `model`'s new latest version (until `reset`); returns its id."""
+        return self._app.models.set_schema(model, schema)
+
     def wait_for_webhooks(self, timeout: float = 5.0) -> bool:
         """Block until every due webhook was delivered or given up; False on timeout."""
         self._app.tick()
         return self._app.dispatcher.wait_idle(timeout)
 
     def reset(self) -> None:
-        """Forget predictions, counters and faults (config and secret stay)."""
+        """Forget predictions, counters and faults, and serve the default model schemas again
+        (config and secret stay)."""
         self._app.reset()

@@ -328,6 +328,7 @@ def plan_create(
     ledger_at: ledger.Ledger | None = None,
     item_key: str | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> CreatePlan:
     """Validate, resolve credentials and name the request's ledger record; raises before any
     request.
@@ -338,11 +339,14 @@ def plan_create(
     its batch, and a request the caller named (`request_id`) by every run that names it. The
     body sent, and so the reconciliation of a lost create, is this attempt's own.
     """
-    request = validate_input(input)
+    from prefect_seedream.tasks.model_schemas import checked_request
+
     settings = get_settings()
+    model = model or settings.model
+    request = checked_request(input, model, credentials)  # the published schema, or refused
     body = request.to_request()
     try:
-        key = ledger.request_key(settings.model, body, idempotency_key, sources)
+        key = ledger.request_key(model, body, idempotency_key, sources)
     except ValueError as exc:
         raise InvalidInput(f"invalid sources: {exc}") from exc
     api = replicate_api(credentials)
@@ -353,7 +357,7 @@ def plan_create(
         if ledger_at is None:
             raise InvalidInput("request_id needs a prediction ledger: pass ledger= (an "
                                "S3Destination) or set SEEDREAM_BUCKET")
-        identity = ledger.request_identity(settings.model, body, sources)
+        identity = ledger.request_identity(model, body, sources)
         item_key, scope = ledger.named_key(request_id, identity), ledger.REQUESTS
     else:
         scope = ledger.ITEMS if item_key else ledger.run_scope(str(flow_run_id))
@@ -369,5 +373,5 @@ def plan_create(
         "webhook": webhook, "webhook_events_filter": webhook_events_filter,
         "wait_seconds": wait_seconds, "cancel_after_seconds": cancel_after or None,
     }
-    return CreatePlan(api, settings.model, body, claim, options, _log(),
-                      spend=spend_limit.guard_for(ledger_at))
+    return CreatePlan(api, model, body, claim, options, _log(),
+                      spend=spend_limit.guard_for(ledger_at, model))

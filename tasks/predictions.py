@@ -49,6 +49,7 @@ def create_prediction(
     sources: list[str] | None = None,
     ledger: S3Destination | str | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> Prediction:
     """Create a prediction and return it (id, status, urls, ...).
 
@@ -76,6 +77,8 @@ def create_prediction(
         request_id: Names the request across runs (an order number, an event's id): every
             run, worker or retry that asks for the same input under the same id shares one
             prediction, even at the same moment. None: the request belongs to this flow run.
+        model: `owner/name` or `owner/name:version` (pinned); None: `SEEDREAM_MODEL`
+            (`bytedance/seedream-4`). The input is checked against the schema it publishes.
         sources: What each `image_input` entry is, in order, when the URL sent changes from one
             attempt to the next (a presigned URL): e.g. `source_identity("s3://b/k.jpg", etag)`.
             The ledger then names the request by these, so a retry that presigns again still
@@ -96,6 +99,7 @@ def create_prediction(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
         sources=sources, ledger_at=ledger_for(ledger), request_id=request_id,
+        model=model,
     )
     return run_create(plan, acquire_create_slot)
 

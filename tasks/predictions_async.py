@@ -63,6 +63,7 @@ async def acreate_prediction(
     sources: list[str] | None = None,
     ledger: S3Destination | str | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> Prediction:
     """Async `create_prediction`: same arguments, same guarantees (the ledger's claim runs in a
     worker thread)."""
@@ -70,6 +71,7 @@ async def acreate_prediction(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
         sources=sources, ledger_at=ledger_for(ledger), request_id=request_id,
+        model=model,
     ))
     while True:
         if (earlier := await to_thread.run_sync(plan.obtain, abandon_on_cancel=True)):

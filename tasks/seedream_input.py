@@ -2,14 +2,28 @@
 
 Pure code: no I/O. The same model validates requests in the plugin and in the sandbox, and
 `output_dimensions` tells both what resolution Seedream produces for a request.
+
+Two layers: the rules every Seedream version shares (a prompt, URL inputs, the cross-field rules
+a JSON schema cannot express) always apply; Seedream 4's own enums and ranges (the *bundled
+rules*) apply too unless the input is validated with `context=SCHEMA_CHECKED`, which the plugin
+does once it checks the fields against the schema the model publishes
+(`prefect_seedream.tasks.model_schemas`) and the sandbox does against the schema it serves.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MODEL_SLUG = "bytedance/seedream-4"
 
@@ -24,6 +38,9 @@ ASPECT_RATIOS: tuple[str, ...] = (
 MAX_TOTAL_IMAGES = 15
 MAX_INPUT_IMAGES = 10
 MIN_SIDE, MAX_SIDE = 1024, 4096
+# Validation context: the enums and ranges are checked against the model's published schema
+# instead of Seedream 4's bundled rules.
+SCHEMA_CHECKED: dict[str, Any] = {"bundled_rules": False}
 
 # Seedream's own resolutions at 2K; 1K halves them and 4K doubles them.
 _RESOLUTIONS_2K: dict[str, tuple[int, int]] = {
@@ -37,6 +54,21 @@ _RESOLUTIONS_2K: dict[str, tuple[int, int]] = {
     "21:9": (3024, 1296),
 }
 _SCALE = {"1K": 0.5, "2K": 1.0, "4K": 2.0}
+_SIZE_NAME = re.compile(r"^([1-9][0-9]?)K$")
+_RATIO_NAME = re.compile(r"^([1-9][0-9]?):([1-9][0-9]?)$")
+
+
+def _bundled(info: ValidationInfo) -> bool:
+    context = info.context
+    return not (isinstance(context, dict) and context.get("bundled_rules") is False)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    # Pydantic's own wording, and never the value itself (it may come from a file's content).
+    if value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+        raise ValueError(f"Input should be {choices} (Seedream 4)")
+    return value
 
 
 class SeedreamInput(BaseModel):
@@ -66,8 +98,8 @@ class SeedreamInput(BaseModel):
         default_factory=list,
         description="1 to 10 input image URLs (https or data:) for editing or reference.",
     )
-    size: Size = Field(default="2K", description="Resolution: 1K, 2K, 4K or custom.")
-    aspect_ratio: AspectRatio = Field(
+    size: str = Field(default="2K", description="Resolution: 1K, 2K, 4K or custom.")
+    aspect_ratio: str = Field(
         default="match_input_image",
         description=(
             "Aspect ratio; used only when size is not custom. match_input_image keeps the first "
@@ -75,19 +107,17 @@ class SeedreamInput(BaseModel):
         ),
     )
     width: int | None = Field(
-        default=None, ge=MIN_SIDE, le=MAX_SIDE,
-        description="Width in pixels; only with size=custom.",
+        default=None, description="Width in pixels; only with size=custom.",
     )
     height: int | None = Field(
-        default=None, ge=MIN_SIDE, le=MAX_SIDE,
-        description="Height in pixels; only with size=custom.",
+        default=None, description="Height in pixels; only with size=custom.",
     )
-    sequential_image_generation: Literal["disabled", "auto"] = Field(
+    sequential_image_generation: str = Field(
         default="disabled",
         description="'auto' lets the model return several related images, up to max_images.",
     )
     max_images: int = Field(
-        default=1, ge=1, le=MAX_TOTAL_IMAGES,
+        default=1, ge=1,
         description="Most images to generate with sequential_image_generation='auto'.",
     )
     enhance_prompt: bool | None = Field(
@@ -102,10 +132,44 @@ class SeedreamInput(BaseModel):
             raise ValueError("prompt is empty: describe the image you want")
         return value
 
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str, info: ValidationInfo) -> str:
+        return _one_of("size", value, SIZES) if _bundled(info) else value
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _aspect_ratio(cls, value: str, info: ValidationInfo) -> str:
+        return _one_of("aspect_ratio", value, ASPECT_RATIOS) if _bundled(info) else value
+
+    @field_validator("sequential_image_generation")
+    @classmethod
+    def _sequential(cls, value: str, info: ValidationInfo) -> str:
+        if _bundled(info):
+            return _one_of("sequential_image_generation", value, ("disabled", "auto"))
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and _bundled(info) and not MIN_SIDE <= value <= MAX_SIDE:
+            bound = (f"greater than or equal to {MIN_SIDE}" if value < MIN_SIDE
+                     else f"less than or equal to {MAX_SIDE}")
+            raise ValueError(f"Input should be {bound} (Seedream 4)")
+        return value
+
+    @field_validator("max_images")
+    @classmethod
+    def _max_images(cls, value: int, info: ValidationInfo) -> int:
+        if _bundled(info) and value > MAX_TOTAL_IMAGES:
+            raise ValueError(f"Input should be less than or equal to {MAX_TOTAL_IMAGES} "
+                             "(Seedream 4)")
+        return value
+
     @field_validator("image_input")
     @classmethod
-    def _image_urls(cls, value: list[str]) -> list[str]:
-        if len(value) > MAX_INPUT_IMAGES:
+    def _image_urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if _bundled(info) and len(value) > MAX_INPUT_IMAGES:
             raise ValueError(
                 f"image_input has {len(value)} images; Seedream 4 takes at most {MAX_INPUT_IMAGES}"
             )
@@ -126,7 +190,7 @@ class SeedreamInput(BaseModel):
             )
         if custom and (self.width is None or self.height is None):
             raise ValueError("size='custom' needs both width and height (1024..4096)")
-        if self.sequential_image_generation == "disabled" and self.max_images > 1:
+        if self.sequential_image_generation != "auto" and self.max_images > 1:
             raise ValueError(
                 "max_images > 1 needs sequential_image_generation='auto'"
             )
@@ -135,7 +199,7 @@ class SeedreamInput(BaseModel):
             raise ValueError(
                 f"image_input ({len(self.image_input)}) + max_images ({self.max_images}) "
                 f"= {total}; "
-                f"Seedream 4 allows at most {MAX_TOTAL_IMAGES} in total"
+                f"Seedream allows at most {MAX_TOTAL_IMAGES} in total"
             )
         return self
 
@@ -170,16 +234,27 @@ def output_dimensions(
     if request.size == "custom":
         assert request.width is not None and request.height is not None
         return request.width, request.height
-    scale = _SCALE[request.size]
+    scale = _SCALE.get(request.size)
+    if scale is None:  # a size a newer schema offers ("8K"): the same ladder
+        named = _SIZE_NAME.match(request.size)
+        if named is None:
+            raise ValueError(f"size {request.size!r} has no known resolution")
+        scale = int(named.group(1)) / 2
     ratio_name = request.aspect_ratio
     if ratio_name == "match_input_image" and not request.image_input:
         ratio_name = "1:1"
-    if ratio_name != "match_input_image":
+    if ratio_name in _RESOLUTIONS_2K:
         w, h = _RESOLUTIONS_2K[ratio_name]
         return round(w * scale), round(h * scale)
-    if first_input_size is None:
+    if ratio_name != "match_input_image":  # a ratio a newer schema offers ("5:4")
+        parts = _RATIO_NAME.match(ratio_name)
+        if parts is None:
+            raise ValueError(f"aspect_ratio {ratio_name!r} is not W:H")
+        in_w, in_h = int(parts.group(1)), int(parts.group(2))
+    elif first_input_size is None:
         raise ValueError("match_input_image needs the first input image's size")
-    in_w, in_h = first_input_size
+    else:
+        in_w, in_h = first_input_size
     area = (2048 * scale) ** 2
     ratio = in_w / in_h
     w = round(math.sqrt(area * ratio) / 16) * 16

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from prefect_seedream.flows.batch.budget import DEFAULT_PRICE_PER_IMAGE_USD
 from prefect_seedream.tasks.seedream_input import MODEL_SLUG
 
 
@@ -44,7 +43,21 @@ class SeedreamSettings(BaseSettings):
         default=None, description="S3 endpoint (MinIO, R2, a local moto server); None for AWS."
     )
     region_name: str | None = Field(default=None, description="AWS region of the bucket.")
-    model: str = Field(default=MODEL_SLUG, description="Replicate model slug.")
+    model: str = Field(
+        default=MODEL_SLUG,
+        description="Model every task and flow runs unless given model= (owner/name[:version]).",
+    )
+    schema_cache_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory that keeps each model's published input schema (the schema only, never "
+            "a token); None: the user cache dir (~/.cache/prefect-seedream/schemas)."
+        ),
+    )
+    schema_ttl_seconds: float = Field(
+        default=300.0, ge=0,
+        description="How long a fetched model schema is trusted before it is read again.",
+    )
     timeout_seconds: float = Field(
         default=600.0, gt=0, description="How long to wait for a prediction before cancelling it."
     )
@@ -143,9 +156,12 @@ class SeedreamSettings(BaseSettings):
         default="UTC",
         description="IANA time zone whose midnight starts a spend limit's day and month.",
     )
-    price_per_image_usd: float = Field(
-        default=DEFAULT_PRICE_PER_IMAGE_USD, ge=0,
-        description="Price of one output image of the model, for the spend limit's reservations.",
+    price_per_image_usd: float | None = Field(
+        default=None, ge=0,
+        description=(
+            "Price of one output image, for every model (spend limit, batch estimates and "
+            "caps); None: the model's price in prefect_seedream.tasks.model_prices."
+        ),
     )
 
 

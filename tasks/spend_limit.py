@@ -347,7 +347,8 @@ def reconcile(record: Mapping[str, Any], now: datetime, at: ledger.Ledger,
     return found
 
 
-def guard_for(ledger_at: ledger.Ledger | None) -> SpendGuard | None:
+def guard_for(ledger_at: ledger.Ledger | None, model: str = "bytedance/seedream-4"
+              ) -> SpendGuard | None:
     """The installation's spend guard, None when no limit is set (then nothing is read).
 
     Kept in the settings' destination when one is configured (`SEEDREAM_DESTINATION_BLOCK`,
@@ -375,8 +376,11 @@ def guard_for(ledger_at: ledger.Ledger | None) -> SpendGuard | None:
     if destination is None:
         raise InvalidInput("a spend limit is set (SEEDREAM_SPEND_LIMIT_*) but there is no "
                            "bucket to keep it in: set SEEDREAM_BUCKET or pass ledger=")
+    from prefect_seedream.tasks.model_prices import required_price
+
+    price = required_price(model, settings.price_per_image_usd, "the spend limit")
     return SpendGuard(ledger.Ledger(destination, destination.prefix), limits,
-                      settings.price_per_image_usd, settings.spend_time_zone)
+                      price, settings.spend_time_zone)
 
 
 # Reservations of predictions this process created, by prediction id, settled when they end.

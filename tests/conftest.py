@@ -7,6 +7,7 @@ The Replicate sandbox fixture (`seedream_sandbox`) comes from the
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,9 @@ os.environ.pop("REPLICATE_BASE_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # Tasks called outside a flow (a supported use) log locally; Prefect would warn on each line.
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+# Model schemas fetched from the sandbox are cached on disk: never in the user's cache dir.
+os.environ.setdefault("SEEDREAM_SCHEMA_CACHE_DIR",
+                      os.path.join(tempfile.mkdtemp(prefix="seedream-schemas-"), "schemas"))
 
 
 @pytest.fixture(scope="session")

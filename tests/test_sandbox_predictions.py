@@ -178,7 +178,9 @@ def test_model_object_carries_input_schema(seedream_client):
     assert model.owner == "bytedance" and model.name == "seedream-4"
     assert model.latest_version.id == VERSION_ID
     assert schema["required"] == ["prompt"]
-    assert schema["properties"]["size"]["enum"] == ["1K", "2K", "4K", "custom"]
+    components = model.latest_version.openapi_schema["components"]["schemas"]
+    assert schema["properties"]["size"]["allOf"] == [{"$ref": "#/components/schemas/size"}]
+    assert components["size"]["enum"] == ["1K", "2K", "4K", "custom"]
     assert schema["properties"]["max_images"]["maximum"] == 15
 
 

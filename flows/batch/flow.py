@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
 from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 from prefect_seedream.blocks.s3_destination import S3Destination, join_key_parts
-from prefect_seedream.flows.batch.budget import DEFAULT_PRICE_PER_IMAGE_USD, plan_budget
+from prefect_seedream.flows.batch.budget import plan_budget
 from prefect_seedream.flows.batch.items import BatchControl, ItemOutcome, run_batch_item
 from prefect_seedream.flows.batch.keys import (
     find_done,
@@ -41,6 +41,8 @@ from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, p
 from prefect_seedream.flows.flow_support import check_bucket
 from prefect_seedream.flows.spend_report import publish_spend
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
+from prefect_seedream.tasks.model_prices import price_per_image, required_price
+from prefect_seedream.tasks.model_schemas import check_model_name
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage
@@ -183,7 +185,7 @@ def generate_batch(
     destination: S3Destination | S3BucketBlock | str | None = None,
     key_prefix: str | None = None,
     max_in_flight: int = 16,
-    price_per_image_usd: float = DEFAULT_PRICE_PER_IMAGE_USD,
+    price_per_image_usd: float | None = None,
     max_images_total: int | None = None,
     max_cost_usd: float | None = None,
     timeout_seconds: float = 600,
@@ -192,6 +194,7 @@ def generate_batch(
     shards: int = 1,
     deployment: str | None = None,
     results_key: str | None = None,
+    model: str | None = None,
 ) -> BatchResult | State[Any]:
     """Generate or edit every item of `manifest` into S3; items already there are skipped.
 
@@ -208,7 +211,9 @@ def generate_batch(
             `tasks.s3_storage.keys`, refused before paying); items go to
             `{prefix}/{key_prefix}/batch/{key}/`.
         max_in_flight: Most items running at once in this flow run.
-        price_per_image_usd: Price of one output image, for the estimate and the cost.
+        price_per_image_usd: Price of one output image, for the estimate and the cost; None:
+            `SEEDREAM_PRICE_PER_IMAGE_USD`, else the model's (`tasks.model_prices`). A model
+            with no known price cannot run with `max_cost_usd`.
         max_images_total: Stop submitting before the worst case would pass this many images.
         max_cost_usd: Stop submitting before the worst case would pass this many dollars.
         timeout_seconds: How long to wait for each prediction before cancelling it.
@@ -218,6 +223,7 @@ def generate_batch(
         shards: With `deployment`, split the work into this many child flow runs.
         deployment: `flow-name/deployment-name` of a `generate-batch` deployment for shards.
         results_key: Key of the results manifest; default `{prefix}/batch/results/{run}.jsonl`.
+        model: `owner/name[:version]` every item runs on; None: `SEEDREAM_MODEL`.
 
     Returns:
         A `BatchResult`. If any item failed the run ends `Failed` ("N of M items failed") with a
@@ -237,7 +243,15 @@ def generate_batch(
     log = _log()
     target = resolve_destination(destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
-    model = get_settings().model
+    model = check_model_name(model or get_settings().model)
+    if price_per_image_usd is None:
+        price_per_image_usd = price_per_image(model, get_settings().price_per_image_usd)
+    if price_per_image_usd is None and max_cost_usd is not None:
+        price_per_image_usd = required_price(model, None, "a batch with max_cost_usd")
+    if price_per_image_usd is None:
+        log.warning("No price per image is known for %s: the estimate and costs show $0; "
+                    "set SEEDREAM_PRICE_PER_IMAGE_USD", model)
+        price_per_image_usd = 0.0
     items = load_manifest(manifest, target)
     digests = source_digests(items, target)
     keyed = [(item, item_key(model, item, digests)) for item in items]
@@ -285,12 +299,14 @@ def generate_batch(
                 "key_prefix": key_prefix, "max_in_flight": max_in_flight,
                 "price_per_image_usd": price_per_image_usd, "timeout_seconds": timeout_seconds,
                 "item_retries": item_retries, "concurrency_limit_name": concurrency_limit_name,
+                "model": model,
             })
     else:
         control = BatchControl(
             credentials=credentials, destination=target, prefix=prefix,
             price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
             item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
+            model=model,
         )
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 

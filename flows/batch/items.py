@@ -108,8 +108,9 @@ class BatchControl:
     def __init__(
         self, *, credentials: ReplicateCredentials | str | None, destination: S3Destination,
         prefix: str, price_per_image_usd: float, timeout_seconds: float, item_retries: int = 1,
-        concurrency_limit_name: str | None = None,
+        concurrency_limit_name: str | None = None, model: str | None = None,
     ) -> None:
+        self.model = model
         self.credentials, self.destination, self.prefix = credentials, destination, prefix
         self.price_per_image_usd, self.timeout_seconds = price_per_image_usd, timeout_seconds
         self.item_retries, self.concurrency_limit_name = item_retries, concurrency_limit_name
@@ -198,7 +199,8 @@ def _create_once(request: Any, control: BatchControl, key: str) -> tuple[Predict
     plan = plan_create(request, control.credentials, webhook=None, webhook_events_filter=None,
                        wait_seconds=wait,
                        cancel_after=control.timeout_seconds + settings.cancel_after_margin_seconds,
-                       idempotency_key=None, ledger_at=control.ledger, item_key=key)
+                       idempotency_key=None, ledger_at=control.ledger, item_key=key,
+                       model=control.model)
     prediction = run_create(plan, acquire_create_slot)
     ours = plan.claim is None or plan.claim.record.get("run") == control.run_id
     if ours:

@@ -78,8 +78,12 @@ def build_create(
     wait_seconds: int | None = None,
     cancel_after_seconds: float | None = None,
 ) -> ApiRequest:
-    """`POST /v1/models/{owner}/{name}/predictions` with sync mode and a server-side deadline."""
+    """`POST /v1/models/{owner}/{name}/predictions` with sync mode and a server-side deadline;
+    a pinned `owner/name:version` goes to `POST /v1/predictions` with that `version`."""
     body: dict[str, Any] = {"input": input}
+    path = f"/v1/models/{model}/predictions"
+    if ":" in model:
+        body, path = {"version": model, "input": input}, "/v1/predictions"
     if webhook:
         body["webhook"] = webhook
         if webhook_events_filter:
@@ -92,7 +96,7 @@ def build_create(
         read_timeout = wait + 5.0
     if cancel_after_seconds:
         headers["Cancel-After"] = format_duration(cancel_after_seconds)
-    return ApiRequest("POST", f"/v1/models/{model}/predictions", body, headers, read_timeout)
+    return ApiRequest("POST", path, body, headers, read_timeout)
 
 
 def build_get(prediction_id: str) -> ApiRequest:
@@ -228,7 +232,7 @@ class RequestMatch:
 
     def matches(self, prediction: Prediction) -> bool:
         """Whether a listed prediction is one this request made: same model and input."""
-        if prediction.model and prediction.model != self.model:
+        if prediction.model and prediction.model != self.model.partition(":")[0]:
             return False
         return _values_digest(prediction.input, self.fields) == self.digest
 
