@@ -161,6 +161,8 @@ class Thumbnailer:
 
     def _finish_image(self) -> Image.Image | None:
         if self._jpeg:
+            if self._image is None:
+                self._start_jpeg()  # a small file never reached the next header attempt
             if self._decoder is not None:
                 self._decode()  # flush what is left; sets _done at the end of the image
             if self._image is None or self._decoder is not None:
