@@ -98,7 +98,7 @@ def images_stored_event(prediction: Prediction, stored: Sequence[StoredImage]) -
         "model": prediction.model,
         "prompt": prediction.prompt,
         "uris": [image.uri for image in stored],
-        "images": [image.model_dump(mode="json") for image in stored],
+        "images": [image.model_dump(mode="json", exclude={"preview"}) for image in stored],
     }
     return {"event": IMAGES_STORED, "resource": resource, "related": related, "payload": payload}
 

@@ -1,7 +1,9 @@
 """The artifact a person reads in the Prefect UI: one row per stored image, with links.
 
-Links point at the object (S3 console, or the endpoint's path-style URL), never at a presigned
-URL, so no signature ever lands in an artifact.
+Each row shows the image's preview (a small JPEG inline as a `data:` URI, made from the bytes
+that were stored, see `prefect_seedream.tasks.s3_storage.previews`). Links point at the object
+(S3 console, or the endpoint's path-style URL), never at a presigned URL, so no signature ever
+lands in an artifact; an edit's source images are never shown, only what we stored.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from prefect_seedream.flows.spend_report import publish_spend
+from prefect_seedream.tasks.s3_storage.previews import preview_data_uri
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
@@ -28,6 +31,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def preview_cell(image: StoredImage, alt: str) -> str:
+    """The markdown of an image's preview (`![alt](data:image/jpeg;base64,...)`), or its note.
+
+    Only base64 text goes into the URI, so nothing in it can end the markdown link early.
+    """
+    if image.preview:
+        return f"![{_cell(alt)}]({preview_data_uri(image.preview)})"
+    return f"({_cell(image.preview_note or 'no preview')})"
+
+
 def report_markdown(
     title: str, prediction: Prediction, stored: list[StoredImage], destination: S3Destination,
     *, seconds: float,
@@ -43,8 +56,8 @@ def report_markdown(
         + (f", model time {predict:.1f}s" if isinstance(predict, (int, float)) else "")
         + ".",
         "",
-        "| # | Image | Size | Bytes | SHA-256 | Prediction |",
-        "|---|---|---|---|---|---|",
+        "| # | Preview | Image | Size | Bytes | SHA-256 | Prediction |",
+        "|---|---|---|---|---|---|---|",
     ]
     for image in stored:
         link = object_link(destination, image.bucket, image.key)
@@ -52,7 +65,8 @@ def report_markdown(
         if image.size_note:  # stored anyway; the difference is recorded here and in S3
             size += f" (⚠ {_cell(image.size_note)})"
         lines.append(
-            f"| {image.index} | [{_cell(image.uri)}]({link}) | {size} "
+            f"| {image.index} | {preview_cell(image, f'output {image.index}')} "
+            f"| [{_cell(image.uri)}]({link}) | {size} "
             f"| {image.size_bytes:,} | `{image.sha256[:16]}…` | `{image.prediction_id}` |"
         )
     return "\n".join(lines)

@@ -236,7 +236,8 @@ def _stored_under(destination: S3Destination, prefix: str) -> list[str]:
     ):
         for item in page.get("Contents", []):
             key = str(item["Key"])
-            if key.endswith(_IMAGE_SUFFIXES) and "/_incomplete/" not in key:
+            if (key.endswith(_IMAGE_SUFFIXES) and "/_incomplete/" not in key
+                    and "/thumbs/" not in key):  # SEEDREAM_STORE_THUMBNAILS previews
                 found.append(destination.uri(key))
     return sorted(found)
 

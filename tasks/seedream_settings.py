@@ -5,6 +5,8 @@ Secrets never live here: tokens and keys belong in blocks.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -132,6 +134,35 @@ class SeedreamSettings(BaseSettings):
         description=(
             "Largest output file stored as an image (Seedream's 4K JPEGs are a few MB); a "
             "larger one is kept under _quarantine/ and its store fails with OutputInvalid."
+        ),
+    )
+    previews: bool = Field(
+        default=True,
+        description=(
+            "Make a small JPEG preview of every stored image from the bytes streaming to S3 and "
+            "show it in the seedream-images artifact and the batch gallery."
+        ),
+    )
+    preview_max_bytes: int = Field(
+        default=8192, ge=256,
+        description="Most bytes of one preview JPEG; a preview that cannot fit is left out.",
+    )
+    store_thumbnails: bool = Field(
+        default=False,
+        description="Also write each preview next to its image, at .../thumbs/{index}.jpg.",
+    )
+    gallery_items: int = Field(
+        default=48, ge=1, description="Most items a batch's gallery artifact shows.",
+    )
+    gallery_show: Literal["first", "latest"] = Field(
+        default="first",
+        description="Which items a batch gallery shows: the manifest's first or latest ones.",
+    )
+    gallery_max_bytes: int = Field(
+        default=512 * 1024, ge=4096,
+        description=(
+            "Most bytes of a batch's gallery artifact; items past it are left out and the "
+            "artifact says how many."
         ),
     )
 

@@ -15,11 +15,16 @@ Guarantees, per output:
   checked in memory and sent with one PUT, a larger one is uploaded to a temporary key and
   copied to its final key;
 - deterministic keys `{prefix}/{prediction_id}/{index}.{ext}`: a retry finds what is stored
-  and neither uploads nor overwrites it again.
+  and neither uploads nor overwrites it again;
+- a preview (`StoredImage.preview`, a base64 JPEG of at most `SEEDREAM_PREVIEW_MAX_BYTES`) made
+  from the same chunks on their way to S3 (`prefect_seedream.tasks.s3_storage.previews`), and
+  with `SEEDREAM_STORE_THUMBNAILS` written to `{prefix}/{prediction_id}/thumbs/{index}.jpg`;
+  judged after the image is stored, so a preview that fails never fails or drops an image.
 """
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import functools
 import logging
@@ -30,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
@@ -52,6 +58,7 @@ from prefect_seedream.tasks.s3_storage.keys import (
     guess_extension,
     output_key,
 )
+from prefect_seedream.tasks.s3_storage.previews import Thumbnailer
 from prefect_seedream.tasks.s3_storage.upload import (
     HashingReader,
     Permanent,
@@ -64,7 +71,7 @@ from prefect_seedream.tasks.s3_storage.upload import (
     redact_url,
     upload_then_publish,
 )
-from prefect_seedream.tasks.seedream_settings import get_settings
+from prefect_seedream.tasks.seedream_settings import SeedreamSettings, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mypy_boto3_s3 import S3Client
@@ -92,6 +99,58 @@ class StoredImage(BaseModel):
     index: int
     #: Set when the image is not the size Seedream's table predicts (it is stored anyway).
     size_note: str | None = None
+    #: A small JPEG of the image (longest side 256 px), base64; None with `preview_note` when
+    #: there is none. Shown in the artifacts; it never carries a URL or a signature.
+    preview: str | None = None
+    preview_note: str | None = None
+    #: Where the preview was also written (`SEEDREAM_STORE_THUMBNAILS`), else None.
+    thumbnail_uri: str | None = None
+
+
+def thumbnail_key(key_prefix: str, prediction_id: str, index: int) -> str:
+    """The key of a stored preview: `{prefix}/{prediction_id}/thumbs/{index}.jpg`.
+
+    Example:
+        ```python
+        from prefect_seedream.tasks.storage import thumbnail_key
+
+        assert thumbnail_key("runs", "p1", 0) == "runs/p1/thumbs/0.jpg"
+        ```
+    """
+    return join_key_parts(key_prefix, prediction_id, "thumbs", f"{index}.jpg")
+
+
+def _stored_thumbnail(client: S3Client, destination: S3Destination, key: str,
+                      settings: SeedreamSettings) -> str | None:
+    """A preview an earlier attempt wrote (`SEEDREAM_STORE_THUMBNAILS`), as base64, or None."""
+    try:
+        body = client.get_object(Bucket=destination.bucket, Key=key)["Body"].read(
+            settings.preview_max_bytes + 1)
+    except (ClientError, BotoCoreError):
+        return None
+    if not body.startswith(b"\xff\xd8") or len(body) > settings.preview_max_bytes:
+        return None
+    return base64.b64encode(body).decode("ascii")
+
+
+def _with_preview(
+    client: S3Client, destination: S3Destination, stored: StoredImage, key_prefix: str,
+    preview: str | None, note: str | None, settings: SeedreamSettings,
+) -> StoredImage:
+    """Attach the preview to a stored image and, if asked, write it next to the image."""
+    thumb_uri = None
+    if preview is not None and settings.store_thumbnails:
+        key = thumbnail_key(key_prefix, stored.prediction_id, stored.index)
+        try:
+            client.put_object(Bucket=destination.bucket, Key=key, Body=base64.b64decode(preview),
+                              ContentType="image/jpeg",
+                              Metadata={"prediction-id": stored.prediction_id,
+                                        "index": str(stored.index), "preview-of": stored.key})
+            thumb_uri = destination.uri(key)
+        except (ClientError, BotoCoreError) as exc:
+            note = f"preview not written to S3 ({type(exc).__name__})"
+    return stored.model_copy(update={"preview": preview, "preview_note": note,
+                                     "thumbnail_uri": thumb_uri})
 
 
 def _existing(
@@ -108,13 +167,23 @@ def _existing(
     width, height = int(meta.get("width", 0)), int(meta.get("height", 0))
     expected = meta.get("expected-size", "")
     ew, _, eh = expected.partition("x")
+    settings = get_settings()
+    preview = note = thumb_uri = None
+    if settings.previews:
+        prefix = key.rsplit("/", 2)[0] if key.count("/") >= 2 else ""
+        thumb = thumbnail_key(prefix, prediction_id, index)
+        preview = _stored_thumbnail(client, destination, thumb, settings) \
+            if settings.store_thumbnails else None
+        thumb_uri = destination.uri(thumb) if preview else None
+        note = None if preview else ("no preview: stored by an earlier attempt "
+                                     "(SEEDREAM_STORE_THUMBNAILS keeps previews in S3)")
     return StoredImage(
         uri=destination.uri(key), bucket=destination.bucket, key=key,
         sha256=meta.get("sha256", ""), size_bytes=int(head.get("ContentLength", 0)),
         width=width, height=height, content_type=str(head.get("ContentType", "")),
         prediction_id=prediction_id, index=index,
         size_note=size_note(width, height, (int(ew), int(eh))) if ew.isdigit() and eh.isdigit()
-        else None,
+        else None, preview=preview, preview_note=note, thumbnail_uri=thumb_uri,
     )
 
 
@@ -127,9 +196,11 @@ def _attempt(
     found = _existing(client, destination, guessed, prediction.id, index)
     if found is not None:
         return found
-    probe = ImageProbe(max_bytes=get_settings().max_output_bytes)
+    settings = get_settings()
+    probe = ImageProbe(max_bytes=settings.max_output_bytes)
+    thumbs = Thumbnailer(settings.preview_max_bytes) if settings.previews else None
     with open_source(url, http) as chunks:
-        reader = HashingReader(chunks, probe)
+        reader = HashingReader(chunks, probe, thumbs.feed if thumbs else None)
         reader.prefetch_header()
         if not probe.header_ready:
             probe.finish()  # raises: empty, not an image, or truncated inside the header
@@ -155,12 +226,17 @@ def _attempt(
             client, bucket=destination.bucket, temp_key=temp_key, final_key=key, reader=reader,
             content_type=probe.content_type, finish=finish,
         )
-    return StoredImage(
+    stored = StoredImage(
         uri=destination.uri(key), bucket=destination.bucket, key=key, sha256=sha,
         size_bytes=probe.size_bytes, width=width, height=height,
         content_type=probe.content_type, prediction_id=prediction.id, index=index,
         size_note=size_note(width, height, expected_size),
     )
+    if thumbs is None:
+        return stored
+    # Store first, judge after: the image is in S3 whatever happens to its preview.
+    return _with_preview(client, destination, stored, key_prefix, thumbs.preview_base64(),
+                         thumbs.note, settings)
 
 
 def _quarantine(url: str, prediction: Prediction, index: int, destination: S3Destination,
@@ -402,4 +478,5 @@ __all__ = [
     "output_key",
     "store_output",
     "store_outputs",
+    "thumbnail_key",
 ]

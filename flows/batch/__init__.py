@@ -12,6 +12,7 @@ The modules follow the pipeline in the order the data moves through it:
 - `progress`: count finished items for the progress artifact, the log and listeners.
 - `shards`: or split the items over child flow runs of a deployment.
 - `report`: the batch's result, its typed failure, the final table, the terminal progress bar.
+- `gallery`: the grid of item previews (one markdown artifact under a size cap).
 - `flow`: `generate_batch`, which drives them, and its cancellation hook.
 
 `generate_batch`, `BatchResult` and `BatchItemsFailed` are re-exported by `prefect_seedream`.

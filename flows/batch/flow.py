@@ -8,8 +8,8 @@ The shape of a run:
 3. Apply the budget cap to the rest (worst case: `max_images` per item x price), log the estimate.
 4. Run the items, at most `max_in_flight` at a time, one Prefect task run each, on a thread pool;
    or hand shards of them to a deployment (`shards`, `deployment`), one child flow run each.
-5. Write the results manifest (JSONL) and the final table artifact; end Completed, or Failed with
-   "N of M items failed" and the whole result attached.
+5. Write the results manifest (JSONL), the final table and the gallery (previews) artifacts;
+   end Completed, or Failed with "N of M items failed" and the whole result attached.
 """
 
 # No `from __future__ import annotations`: Prefect validates parameters against these
@@ -27,6 +27,7 @@ from prefect_seedream.blocks.prefect_aws_adapter import S3BucketBlock
 from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
 from prefect_seedream.blocks.s3_destination import S3Destination, join_key_parts
 from prefect_seedream.flows.batch.budget import plan_budget
+from prefect_seedream.flows.batch.gallery import publish_gallery
 from prefect_seedream.flows.batch.items import BatchControl, ItemOutcome, run_batch_item
 from prefect_seedream.flows.batch.keys import (
     find_done,
@@ -333,6 +334,10 @@ def generate_batch(
     result.results_uri = write_jsonl(target, key, (o.line_json() for o in outcomes))
     publish_table(result)
     publish_spend(target)  # the seedream-spend artifact, when a spend limit is set
+    try:
+        publish_gallery(result.items)
+    except Exception as exc:  # a gallery is a view; it never fails a batch that stored its images
+        log.warning("No gallery artifact: %s: %s", type(exc).__name__, exc)
     log.info("Batch finished: %s. Results manifest: %s", result.summary(), result.results_uri)
     notify({"event": "done", "summary": result.summary()})
     failed = result.count("failed") + result.count("cancelled")

@@ -135,11 +135,14 @@ class HashingReader:
     """Reads body chunks into caller buffers, hashing and probing every byte on the way.
 
     Without a probe (`probe=None`) the bytes are hashed but not checked: quarantine copies.
+    `tap`, when given, also sees every chunk (the preview thumbnailer); it must not raise.
     """
 
-    def __init__(self, chunks: Iterator[bytes], probe: ImageProbe | None) -> None:
+    def __init__(self, chunks: Iterator[bytes], probe: ImageProbe | None,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self._chunks = chunks
         self._probe = probe
+        self._tap = tap
         self._sha = hashlib.sha256()
         self._pending = b""
         self._eof = False
@@ -152,6 +155,8 @@ class HashingReader:
         if self._probe is not None:
             self._probe.feed(chunk)
         self._sha.update(chunk)
+        if self._tap is not None:
+            self._tap(chunk)
         self._pending += chunk
         return True
 
