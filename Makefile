@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -19,7 +18,7 @@ demo: $(STAMP)  ## the main job end to end on the sandbox + local S3 (no account
 # whole): most tests wait on servers and sandboxed predictions, so even on two cores a third
 # worker shortens the run (fresh clone, 792 tests: 731 s with two workers, 693 s with three).
 test: lint  ## lint, then the whole test suite
-	$(PY) -m pytest -n 3 --dist loadfile
+	$(PY) -m pytest -n 3 --dist loadfile --durations=15
 
 # mypy cannot follow setuptools' editable mapping (prefect_seedream.flows -> flows/, ...), so it
 # checks a tree of links with the installed layout; .mypy-tree is rebuilt every time.
