@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -70,8 +69,9 @@ class SandboxProcess(_Process):
     (as Replicate's https URLs, not inline data: URIs); admin over `/_sandbox/`."""
 
     def __init__(self, run_seconds: float = 2.0) -> None:
-        super().__init__([sys.executable, "-m", "sandbox", "--port", "{port}", "--run-seconds",
-                          str(run_seconds), "--no-rate-limits", "--http-outputs"])
+        super().__init__([sys.executable, "-m", "prefect_seedream.sandbox", "--port", "{port}",
+                          "--run-seconds", str(run_seconds), "--no-rate-limits",
+                          "--http-outputs"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_token = TOKEN
 
@@ -97,9 +97,10 @@ class SandboxProcess(_Process):
 
 
 class MotoProcess(_Process):
-    """moto's standalone S3 server (`moto_server`) on a free port."""
+    """moto's S3 server on a free port, conditional writes atomic as on S3
+    (`python -m prefect_seedream.sandbox.local_s3`, the same server the tests use)."""
 
     def __init__(self) -> None:
-        bindir = Path(sys.executable).parent
-        super().__init__([str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", "{port}"])
+        super().__init__([sys.executable, "-m", "prefect_seedream.sandbox.local_s3", "--port",
+                          "{port}"])
         self.endpoint_url = f"http://127.0.0.1:{self.port}"

@@ -1,14 +1,93 @@
-"""A local S3 server (moto's standalone server) for the offline quickstart and tests."""
+"""A local S3 server (moto's standalone server) for the offline quickstart and tests.
+
+moto checks a conditional write's precondition and then writes, with nothing in between held:
+two `PutObject(IfNoneMatch="*")` arriving at once can both succeed, where S3 lets exactly one
+through. The prediction ledger and the spend limit rest on that guarantee, so `S3Server`
+serialises conditional writes (only those: streamed image uploads stay concurrent).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+_CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
+
+
+class AtomicConditionalWrites:
+    """WSGI middleware: a write carrying `If-Match`/`If-None-Match` runs alone, start to end, as
+    S3 applies it atomically."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and any(
+                environ.get(name) for name in _CONDITIONS):
+            with self.lock:
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
+class S3Server:
+    """moto's S3 server in a thread of this process, with conditional writes made atomic.
+
+    Example:
+        ```python
+        from prefect_seedream.sandbox.local_s3 import S3Server
+
+        server = S3Server().start()
+        print(server.endpoint_url)
+        server.stop()
+        ```
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host, self.port = host, port
+        self.endpoint_url = ""
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> S3Server:
+        try:
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                MotoRequestHandler,
+                create_backend_app,
+            )
+            from werkzeug.serving import make_server
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "the local S3 server needs moto: pip install 'prefect-seedream[sandbox]'"
+            ) from exc
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        app = AtomicConditionalWrites(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self.host, self.port, app, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="local-s3")
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
 
 class LocalS3:
-    """moto's S3 server on a free loopback port, with a bucket ready to use.
+    """The local S3 server (`S3Server`) on a free loopback port, with a bucket ready to use.
 
     Example:
         ```python
@@ -26,21 +105,12 @@ class LocalS3:
     def __init__(self, bucket: str = "seedream-demo", host: str = "127.0.0.1", port: int = 0):
         self.bucket = bucket
         self.host, self.port = host, port
-        self._server: Any = None
+        self._server: S3Server | None = None
         self.endpoint_url = ""
 
     def start(self) -> LocalS3:
-        try:
-            from moto.server import ThreadedMotoServer
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "the local S3 server needs moto: pip install 'prefect-seedream[sandbox]'"
-            ) from exc
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        self._server = S3Server(self.host, self.port).start()
+        self.endpoint_url = self._server.endpoint_url
         self.client().create_bucket(Bucket=self.bucket)
         return self
 
@@ -78,3 +148,28 @@ class LocalS3:
     ) -> None:
         self.stop()
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m prefect_seedream.sandbox.local_s3 --port 9000`: serve until interrupted."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args(argv)
+    server = S3Server(args.host, args.port).start()
+    print(f"S3 on {server.endpoint_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

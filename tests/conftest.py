@@ -30,17 +30,13 @@ os.environ.setdefault("SEEDREAM_SCHEMA_CACHE_DIR",
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """moto's standalone S3 server on a free loopback port."""
-    import logging
+    """moto's S3 server on a free loopback port, conditional writes atomic as on S3
+    (`prefect_seedream.sandbox.local_s3.S3Server`)."""
+    from prefect_seedream.sandbox.local_s3 import S3Server
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server = S3Server().start()
     try:
-        yield f"http://{host}:{port}"
+        yield server.endpoint_url
     finally:
         server.stop()
 

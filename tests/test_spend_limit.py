@@ -228,7 +228,8 @@ def test_two_processes_running_batches_against_one_limit_never_exceed_it(
         seedream_sandbox, s3_endpoint, bucket, tmp_path, manifests, max_in_flight=4,
         env={"SEEDREAM_SPEND_LIMIT_IMAGES_PER_DAY": "5"}) for i in results]
 
-    assert seedream_sandbox.counters()["creates"] == 5
+    made = sorted(p["input"]["prompt"] for p in seedream_sandbox.predictions())
+    assert seedream_sandbox.counters()["creates"] == 5, (made, items)
     statuses = [status for status, *_ in items]
     assert statuses.count("succeeded") == 5 and statuses.count("skipped_budget") == 11
     skipped = [error for status, kind, error in items if status == "skipped_budget"]
