@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# uv installs the ~160 packages in ~15 s where pip takes ~2 min; pip if uv is unreachable.
+	@{ $(PY) -m pip install --quiet --disable-pip-version-check uv && \
+	   $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'; } || \
+	 { $(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip && \
+	   $(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)  ## the main job end to end on the sandbox + local S3 (no account, no bill)
