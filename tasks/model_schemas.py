@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
     from prefect_seedream.tasks.replicate_client.api import ReplicateApi
 
-_MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$")
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$")
 SCHEMA_CHANGED_EVENT = "seedream.model.schema-changed"
 logger = logging.getLogger("prefect_seedream.models")
 _memory: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -61,7 +61,7 @@ class ModelNotFound(InvalidInput):
 
 def check_model_name(model: str) -> str:
     """`model` if it is `owner/name` or `owner/name:<64 hex>`, else `InvalidInput`."""
-    if not isinstance(model, str) or not _MODEL.match(model):
+    if not isinstance(model, str) or not MODEL_NAME.match(model):
         raise InvalidInput(f"model {model!r} is not owner/name or owner/name:<64-hex version>, "
                            "e.g. bytedance/seedream-4")
     return model

@@ -282,7 +282,7 @@ def test_errors_never_echo_the_content_of_the_file_named(
     error = refused(str(passwd), credentials, destination)
     assert error.problems == ["line 1: the header names none of the fields (id, prompt, "
                               "instruction, images, size, aspect_ratio, width, height, "
-                              "max_images, enhance_prompt); is this a manifest?"]
+                              "max_images, enhance_prompt, model); is this a manifest?"]
     secrets = ["root", "/bin/bash", "daemon", "alice", "Secretname", "nologin", "x:0:0"]
     assert not [s for s in secrets if s in str(error).replace(str(passwd), "")]
 
@@ -292,7 +292,7 @@ def test_errors_never_echo_the_content_of_the_file_named(
     error = refused(str(mixed), credentials, destination)
     assert error.problems == [
         "line 1: column 1 is not a field (fields are id, prompt, instruction, images, size, "
-        "aspect_ratio, width, height, max_images, enhance_prompt)",
+        "aspect_ratio, width, height, max_images, enhance_prompt, model)",
         "line 1: column 3 is not a field (did you mean 'size'?)",
         "line 2: needs exactly one of 'prompt' (generate) or 'instruction' (edit, with "
         "'images')",
@@ -308,7 +308,7 @@ def test_errors_never_echo_the_content_of_the_file_named(
     assert error.problems[:2] == [
         "line 2: the same id as line 1; ids must be unique",
         "line 3: key #2 is not a field (fields are id, prompt, instruction, images, size, "
-        "aspect_ratio, width, height, max_images, enhance_prompt)",
+        "aspect_ratio, width, height, max_images, enhance_prompt, model)",
     ]
     assert all(s not in str(error) for s in ("private-id", "api_key", "AKIA", "9K"))
     created = seedream_sandbox.counters()["creates"]

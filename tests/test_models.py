@@ -8,8 +8,11 @@ Real parts only: the flows under Prefect's harness, the real HTTP layer against 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -37,6 +40,25 @@ def fresh_schemas(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[No
 
 def _creates(sandbox: Any) -> int:
     return int(sandbox.counters()["creates"])
+
+
+def _events_named(name: str, since: datetime, wait: float = 10.0) -> list[dict[str, Any]]:
+    """Events named `name` on the harness's Prefect server since `since` (they land within a
+    second or so of being emitted: poll a little)."""
+    from prefect.client.orchestration import get_client
+
+    body = {"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}},
+            "limit": 50}
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + wait
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = client.request("POST", "/events/filter", json=body).json()["events"]
+            if found:
+                time.sleep(1.0)  # a second one, if there were one, would be here by now
+                return list(client.request("POST", "/events/filter", json=body).json()["events"])
+            time.sleep(0.2)
+    return found
 
 
 def test_generate_with_seedream_45_stores_its_images(
@@ -126,6 +148,7 @@ def test_with_the_models_endpoint_down_seedream_4_falls_back_and_others_stop(
 def test_a_pinned_version_runs_that_version_and_drift_is_reported_once(
     seedream_sandbox: Any, credentials: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    started = datetime.now(timezone.utc)
     pinned = f"{V4}:{VERSION_ID}"
     made = create_prediction({"prompt": "a fox", "aspect_ratio": "1:1"},
                              credentials=credentials, model=pinned)
@@ -141,6 +164,10 @@ def test_a_pinned_version_runs_that_version_and_drift_is_reported_once(
     drift = [r for r in caplog.records if "different input schema" in r.getMessage()]
     assert len(drift) == 1 and pinned in drift[0].getMessage()
     assert {p["version"] for p in seedream_sandbox.predictions()} == {VERSION_ID}
+    # ... and a user's automation can react: the event is on the Prefect server, once.
+    changed = _events_named(model_schemas.SCHEMA_CHANGED_EVENT, since=started)
+    assert [(e["payload"]["model"], e["payload"]["pinned"]) for e in changed] == [(V4, pinned)]
+    assert changed[0]["resource"]["prefect.resource.id"] == f"seedream.model.{V4}"
 
 
 def test_the_model_is_part_of_the_request_identity() -> None:
@@ -174,3 +201,51 @@ def test_the_schema_cache_on_disk_holds_no_token(
     assert len(files) == 1
     assert seedream_sandbox.api_token not in files[0].read_text()
     assert _creates(seedream_sandbox) == 2
+
+
+def _batch_lines(s3_client: Any, destination: Any, result: Any) -> list[dict[str, Any]]:
+    bucket, _, key = result.results_uri.removeprefix("s3://").partition("/")
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines()]
+
+
+def test_a_batch_runs_each_row_on_its_own_model_and_prices_it_there(
+    seedream_sandbox: Any, credentials: Any, destination: Any, s3_client: Any
+) -> None:
+    from prefect_seedream import generate_batch
+
+    result = generate_batch([
+        {"id": "four", "prompt": "a fox", "size": "1K"},
+        {"id": "four-five", "prompt": "a fox", "size": "4K", "model": V45},
+    ], credentials=credentials, destination=destination, max_cost_usd=1)
+
+    made = {p["input"]["size"]: p["model"] for p in seedream_sandbox.predictions()}
+    assert made == {"1K": V4, "4K": V45}
+    lines = {line["id"]: line for line in _batch_lines(s3_client, destination, result)}
+    assert (lines["four"]["model"], lines["four-five"]["model"]) == (V4, V45)
+    assert (lines["four"]["cost_usd"], lines["four-five"]["cost_usd"]) == (
+        price_per_image(V4), price_per_image(V45))
+    # The same prompt on another model is another request: both were paid for, once each.
+    assert lines["four"]["item_key"] != lines["four-five"]["item_key"]
+
+
+def test_a_batch_row_its_model_refuses_stops_the_batch_before_any_create(
+    seedream_sandbox: Any, credentials: Any, destination: Any
+) -> None:
+    from prefect_seedream import ManifestInvalid, generate_batch
+
+    with pytest.raises(ManifestInvalid) as refused:
+        generate_batch([
+            {"prompt": "fine on 4", "size": "1K"},
+            {"prompt": "1K is not a 4.5 size", "size": "1K", "model": V45},
+            {"prompt": "a typo", "model": "bytedance/seedream 4.5 <script>"},
+            {"prompt": "not served", "model": "acme/not-a-model"},
+        ], credentials=credentials, destination=destination)
+
+    problems = refused.value.problems
+    assert any(p.startswith("line 2:") and "size" in p and V45 in p for p in problems)
+    assert any(p.startswith("line 3:") and "owner/name" in p and "<script>" not in p
+               for p in problems)
+    assert any(p.startswith("line 4:") and "acme/not-a-model" in p for p in problems)
+    assert not any(p.startswith("line 1:") for p in problems)
+    assert _creates(seedream_sandbox) == 0

@@ -6,6 +6,7 @@ submitted, so a cap holds even when every item returns all it may. Pure code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,10 +16,12 @@ DEFAULT_PRICE_PER_IMAGE_USD = 0.03  # Seedream 4 on Replicate, per output image
 
 
 def plan_budget(
-    items: list[tuple[BatchItem, str]], *, price: float, max_images_total: int | None,
-    max_cost_usd: float | None,
+    items: list[tuple[BatchItem, str]], *, price: float | Callable[[BatchItem], float],
+    max_images_total: int | None, max_cost_usd: float | None,
 ) -> tuple[list[tuple[BatchItem, str]], list[tuple[BatchItem, str]]]:
     """Split items into (submitted, skipped by budget), reserving each item's worst case.
+
+    `price` is the price per image, or a function giving each item's (rows on other models).
 
     Submission stops at the first item whose worst case would cross a cap; later items are
     skipped too, so a capped batch is always a prefix of the manifest.
@@ -35,13 +38,14 @@ def plan_budget(
         ```
     """
     submitted: list[tuple[BatchItem, str]] = []
-    images = 0
+    images, cost = 0, 0.0
     for index, (item, key) in enumerate(items):
         worst = images + item.max_images
+        worst_cost = cost + item.max_images * (price(item) if callable(price) else price)
         if (max_images_total is not None and worst > max_images_total) or (
-                max_cost_usd is not None and worst * price > max_cost_usd + 1e-9):
+                max_cost_usd is not None and worst_cost > max_cost_usd + 1e-9):
             return submitted, items[index:]
-        images = worst
+        images, cost = worst, worst_cost
         submitted.append((item, key))
     return submitted, []
 

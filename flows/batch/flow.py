@@ -37,12 +37,17 @@ from prefect_seedream.flows.batch.keys import (
     write_jsonl,
 )
 from prefect_seedream.flows.batch.manifest import BatchItem, load_manifest
+from prefect_seedream.flows.batch.models import (
+    batch_prices,
+    model_of,
+    model_problems,
+    worst_cost,
+)
 from prefect_seedream.flows.batch.progress import Progress, notify
 from prefect_seedream.flows.batch.report import BatchItemsFailed, BatchResult, publish_table
 from prefect_seedream.flows.flow_support import check_bucket
 from prefect_seedream.flows.spend_report import publish_spend
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
-from prefect_seedream.tasks.model_prices import price_per_image, required_price
 from prefect_seedream.tasks.model_schemas import check_model_name
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_settings import get_settings
@@ -205,16 +210,18 @@ def generate_batch(
             no local file of that name), read from the destination's bucket under its prefix.
             A row has `prompt` (generate) or `instruction` + `images` (edit), the options of
             `generate_images`/`edit_image` (`size`, `aspect_ratio`, `width`, `height`,
-            `max_images`, `enhance_prompt`) and optionally an `id`.
+            `max_images`, `enhance_prompt`) and optionally an `id` and a `model`
+            (`owner/name[:version]`; the row runs on it instead of `model`). Every row is
+            checked against its model's published schema before anything is submitted.
         credentials: A `ReplicateCredentials` block, its saved name, or None for the defaults.
         destination: An `S3Destination` block, its saved name, or None for the settings.
         key_prefix: Folders nested under the destination's prefix (the key rule of
             `tasks.s3_storage.keys`, refused before paying); items go to
             `{prefix}/{key_prefix}/batch/{key}/`.
         max_in_flight: Most items running at once in this flow run.
-        price_per_image_usd: Price of one output image, for the estimate and the cost; None:
-            `SEEDREAM_PRICE_PER_IMAGE_USD`, else the model's (`tasks.model_prices`). A model
-            with no known price cannot run with `max_cost_usd`.
+        price_per_image_usd: Price of one output image on every model, for the estimate and
+            the cost; None: `SEEDREAM_PRICE_PER_IMAGE_USD`, else each model's own
+            (`tasks.model_prices`). A model with no known price cannot run with `max_cost_usd`.
         max_images_total: Stop submitting before the worst case would pass this many images.
         max_cost_usd: Stop submitting before the worst case would pass this many dollars.
         timeout_seconds: How long to wait for each prediction before cancelling it.
@@ -224,7 +231,8 @@ def generate_batch(
         shards: With `deployment`, split the work into this many child flow runs.
         deployment: `flow-name/deployment-name` of a `generate-batch` deployment for shards.
         results_key: Key of the results manifest; default `{prefix}/batch/results/{run}.jsonl`.
-        model: `owner/name[:version]` every item runs on; None: `SEEDREAM_MODEL`.
+        model: `owner/name[:version]` every row without a `model` of its own runs on; None:
+            `SEEDREAM_MODEL`.
 
     Returns:
         A `BatchResult`. If any item failed the run ends `Failed` ("N of M items failed") with a
@@ -245,18 +253,16 @@ def generate_batch(
     target = resolve_destination(destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
     model = check_model_name(model or get_settings().model)
-    if price_per_image_usd is None:
-        price_per_image_usd = price_per_image(model, get_settings().price_per_image_usd)
-    if price_per_image_usd is None and max_cost_usd is not None:
-        price_per_image_usd = required_price(model, None, "a batch with max_cost_usd")
-    if price_per_image_usd is None:
-        log.warning("No price per image is known for %s: the estimate and costs show $0; "
-                    "set SEEDREAM_PRICE_PER_IMAGE_USD", model)
-        price_per_image_usd = 0.0
-    items = load_manifest(manifest, target)
-    digests = source_digests(items, target)
-    keyed = [(item, item_key(model, item, digests)) for item in items]
     resolve_credentials(credentials)  # fail now on missing credentials, not after paying
+    items = load_manifest(manifest, target, also=lambda rows: model_problems(
+        rows, model, credentials))  # every row against its model's schema, with the rest
+    given_price = price_per_image_usd
+    prices = batch_prices(items, model, given=given_price,
+                          setting=get_settings().price_per_image_usd,
+                          capped=max_cost_usd is not None, log=log)
+    price_per_image_usd = prices[model]
+    digests = source_digests(items, target)
+    keyed = [(item, item_key(model_of(item, model), item, digests)) for item in items]
     check_bucket(target)
     if concurrency_limit_name:
         _check_limit(concurrency_limit_name)
@@ -272,14 +278,15 @@ def generate_batch(
             unique.append((item, key))
     done_keys = find_done(target, prefix, {key for _, key in unique})
     todo = [(item, key) for item, key in unique if key not in done_keys]
-    run, skipped = plan_budget(todo, price=price_per_image_usd,
+    run, skipped = plan_budget(todo, price=lambda item: prices[model_of(item, model)],
                                max_images_total=max_images_total, max_cost_usd=max_cost_usd)
     worst_images = sum(item.max_images for item, _ in run)
-    estimate = round(worst_images * price_per_image_usd, 4)
+    estimate = worst_cost((item for item, _ in run), model, prices)
     log.info(
         "Batch of %d items: %d already in S3, %d duplicate rows, %d to generate (up to %d "
-        "images, estimate up to $%.2f at $%.3f/image)%s", len(items), len(done_keys),
-        len(duplicates), len(run), worst_images, estimate, price_per_image_usd,
+        "images, estimate up to $%.2f at %s)%s", len(items), len(done_keys),
+        len(duplicates), len(run), worst_images, estimate,
+        ", ".join(f"${p:.3f}/image on {m}" for m, p in prices.items()),
         f"; {len(skipped)} skipped by the budget cap" if skipped else "",
     )
     notify({"event": "plan", "total": len(items), "already_done": len(done_keys),
@@ -298,7 +305,7 @@ def generate_batch(
                 "credentials": _block_name(credentials, "credentials"),
                 "destination": _block_name(destination, "destination"),
                 "key_prefix": key_prefix, "max_in_flight": max_in_flight,
-                "price_per_image_usd": price_per_image_usd, "timeout_seconds": timeout_seconds,
+                "price_per_image_usd": given_price, "timeout_seconds": timeout_seconds,
                 "item_retries": item_retries, "concurrency_limit_name": concurrency_limit_name,
                 "model": model,
             })
@@ -307,7 +314,7 @@ def generate_batch(
             credentials=credentials, destination=target, prefix=prefix,
             price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
             item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
-            model=model,
+            model=model, prices=prices,
         )
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 

@@ -17,7 +17,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
@@ -76,6 +76,7 @@ class ItemOutcome(BaseModel):
     error: str | None = None
     seconds: float = 0.0
     cost_usd: float = 0.0  # paid in this run: price x images stored
+    model: str | None = None  # what it ran on (None: not run in this flow run)
 
     @property
     def uris(self) -> list[str]:
@@ -91,6 +92,7 @@ class ItemOutcome(BaseModel):
                         "content_type": i.content_type} for i in self.images],
             "error_type": self.error_type, "error": self.error,
             "seconds": round(self.seconds, 3), "cost_usd": round(self.cost_usd, 4),
+            "model": self.model,
         }
 
 
@@ -109,8 +111,10 @@ class BatchControl:
         self, *, credentials: ReplicateCredentials | str | None, destination: S3Destination,
         prefix: str, price_per_image_usd: float, timeout_seconds: float, item_retries: int = 1,
         concurrency_limit_name: str | None = None, model: str | None = None,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         self.model = model
+        self.prices = dict(prices or {})  # per model; price_per_image_usd for any other
         self.credentials, self.destination, self.prefix = credentials, destination, prefix
         self.price_per_image_usd, self.timeout_seconds = price_per_image_usd, timeout_seconds
         self.item_retries, self.concurrency_limit_name = item_retries, concurrency_limit_name
@@ -121,6 +125,10 @@ class BatchControl:
         self._pause_until = 0.0
         self._in_flight: dict[str, str] = {}  # item key -> prediction id this run owns
         self._lock = threading.Lock()
+
+    def price_of(self, item: Any) -> float:
+        """The price per image of the model `item` runs on."""
+        return self.prices.get(item.model or self.model or "", self.price_per_image_usd)
 
     def pause(self, seconds: float) -> None:
         """Hold every create of this batch for `seconds` (after a 429 got through)."""
@@ -184,7 +192,8 @@ def _slot(name: str | None) -> Iterator[None]:
         yield
 
 
-def _create_once(request: Any, control: BatchControl, key: str) -> tuple[Prediction, bool]:
+def _create_once(request: Any, control: BatchControl, key: str, model: str | None
+                 ) -> tuple[Prediction, bool]:
     """`create_prediction`'s body, with the item's ledger record shared by every run of the
     batch (`{prefix}/_ledger/items/{item_key}.json`): of two runs that want the item at once,
     one creates and the other attaches. The item key is the request's identity with its
@@ -200,7 +209,7 @@ def _create_once(request: Any, control: BatchControl, key: str) -> tuple[Predict
                        wait_seconds=wait,
                        cancel_after=control.timeout_seconds + settings.cancel_after_margin_seconds,
                        idempotency_key=None, ledger_at=control.ledger, item_key=key,
-                       model=control.model)
+                       model=model)
     prediction = run_create(plan, acquire_create_slot)
     ours = plan.claim is None or plan.claim.record.get("run") == control.run_id
     if ours:
@@ -222,7 +231,7 @@ def _create(item: BatchItem, key: str, request: Any, control: BatchControl
     while True:
         control.wait_turn()
         try:
-            return _create_once(request, control, key)
+            return _create_once(request, control, key, item.model or control.model)
         except RateLimited as exc:
             if time.monotonic() > deadline:
                 raise
@@ -284,7 +293,7 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
     """Generate one item into `{prefix}/batch/{key}/` and mark it done with `result.json`."""
     started = time.monotonic()
     base: dict[str, Any] = {"id": item.id, "line": item.line, "kind": item.kind,
-                            "item_key": key}
+                            "item_key": key, "model": item.model or control.model}
     prediction_id = None
     if control.budget_refusal is not None:  # an earlier item hit the spend limit
         return ItemOutcome(**base, status="skipped_budget", error_type="BudgetExceeded",
@@ -298,7 +307,7 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
         outcome = ItemOutcome(
             **base, status="succeeded" if ours else "attached", images=stored,
             prediction_id=finished.id, seconds=time.monotonic() - started,
-            cost_usd=round(control.price_per_image_usd * len(stored), 6) if ours else 0.0,
+            cost_usd=round(control.price_of(item) * len(stored), 6) if ours else 0.0,
         )
         write_result(control.destination, control.prefix, key, {
             **outcome.line_json(), "images": [image.model_dump() for image in stored],

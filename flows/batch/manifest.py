@@ -1,7 +1,9 @@
 """Batch manifests: check every row of a JSONL or CSV manifest, or of a list of dicts.
 
 A generate row has `prompt` plus the options of `generate_images`; an edit row has `instruction`
-and `images` plus the options of `edit_image`; either may carry an `id`. Every problem in every
+and `images` plus the options of `edit_image`; either may carry an `id` and a `model`
+(`owner/name[:version]`, else the batch's; its published schema is checked by
+`flows.batch.models` before anything is submitted). Every problem in every
 row is collected and raised at once, with line numbers, before anything is submitted: unknown
 fields (never echoed, a close field name suggested), numbers of absurd length, a `prompt` or
 `instruction` over `MAX_PROMPT_CHARS`, and whatever Seedream's own input model refuses.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +38,7 @@ from prefect_seedream.flows.batch.manifest_text import (
     read_manifest_text,
     unknown_field,
 )
+from prefect_seedream.tasks.model_schemas import MODEL_NAME
 from prefect_seedream.tasks.seedream_input import (
     MAX_SIDE,
     MAX_TOTAL_IMAGES,
@@ -56,6 +59,7 @@ _RANGES = {"width": (MIN_SIDE, MAX_SIDE), "height": (MIN_SIDE, MAX_SIDE),
 #: pasted into a cell.
 MAX_PROMPT_CHARS = 8_000
 _INTEGER = re.compile(r"-?[0-9]+")
+_LINE = re.compile(r"line ([0-9]+):")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class BatchItem:
     images: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     row: Mapping[str, Any] = field(default_factory=dict)  # as read, for shard manifests
+    model: str | None = None  # the row's own model; None: the batch's
 
     @property
     def max_images(self) -> int:
@@ -166,11 +171,16 @@ def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
         for i, source in enumerate(images):
             if not source.startswith(("s3://", "https://", "http://")):
                 problems.append(f"{where}: images[{i}] must be an s3:// URI or an https URL")
+    model = clean.get("model")
+    if model is not None and not (isinstance(model, str) and MODEL_NAME.match(model)):
+        problems.append(f"{where}: model must be owner/name or owner/name:<64-hex version>, "
+                        "e.g. bytedance/seedream-4.5")
+        model = None
     text = clean.get("prompt", clean.get("instruction"))
     item = BatchItem(
         line=line, id=str(clean.get("id", f"line-{line}")), kind=kind,
         prompt=text if isinstance(text, str) else "", images=tuple(images),
-        options={k: clean[k] for k in OPTIONS if k in clean}, row=dict(raw),
+        options={k: clean[k] for k in OPTIONS if k in clean}, row=dict(raw), model=model,
     )
     try:
         if kind == "generate" or images:  # an edit without images is already reported
@@ -182,10 +192,19 @@ def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
     return (None if problems else item), problems
 
 
-def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]]) -> list[BatchItem]:
+def _line_of(problem: str) -> int:
+    found = _LINE.match(problem)
+    return int(found.group(1)) if found else 0
+
+
+def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]],
+               also: Callable[[list[BatchItem]], list[tuple[int, str]]] | None = None,
+               ) -> list[BatchItem]:
     """Check every row; return the items, or raise `ManifestInvalid` naming every problem.
 
-    `rows` are `(line, row)` pairs, or plain dicts (numbered from 1).
+    `rows` are `(line, row)` pairs, or plain dicts (numbered from 1). `also` checks the rows
+    that passed (each model's published schema, say) and gives `(line, problem)` pairs, which
+    are reported in line order beside the rest.
     """
     items: list[BatchItem] = []
     problems: list[str] = []
@@ -202,6 +221,12 @@ def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]]) -> list[B
             continue
         seen_ids[item.id] = line
         items.append(item)
+    if also is not None and items:
+        found_too = also(items)
+        if found_too:
+            merged = sorted([*((_line_of(p), p) for p in problems), *found_too],
+                            key=lambda pair: pair[0])
+            problems = [problem for _, problem in merged]
     if problems:
         raise ManifestInvalid(problems)
     if not items:
@@ -210,19 +235,20 @@ def check_rows(rows: Iterable[tuple[int, Any]] | list[dict[str, Any]]) -> list[B
 
 
 def load_manifest(
-    manifest: str | list[dict[str, Any]], destination: S3Destination | None = None
+    manifest: str | list[dict[str, Any]], destination: S3Destination | None = None,
+    also: Callable[[list[BatchItem]], list[tuple[int, str]]] | None = None,
 ) -> list[BatchItem]:
     """Read and check a manifest: a local path, an `s3://` URI, a key relative to the
-    destination (see `read_manifest_text`), or a list of dicts.
+    destination (see `read_manifest_text`), or a list of dicts. `also`: see `check_rows`.
 
     Raises:
         ManifestUnreadable: The manifest cannot be read at all.
         ManifestInvalid: Every invalid row, with line numbers.
     """
     if isinstance(manifest, list):
-        return check_rows(manifest)
+        return check_rows(manifest, also)
     rows = parse_text(read_manifest_text(manifest, destination), name=manifest)
-    return check_rows(rows)
+    return check_rows(rows, also)
 
 
 def to_jsonl(items: Iterable[BatchItem]) -> str:

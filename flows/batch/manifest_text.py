@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from prefect_seedream.blocks.s3_destination import S3Destination
 
 OPTIONS = ("size", "aspect_ratio", "width", "height", "max_images", "enhance_prompt")
-FIELDS = ("id", "prompt", "instruction", "images", *OPTIONS)
+FIELDS = ("id", "prompt", "instruction", "images", *OPTIONS, "model")
 KNOWN_FIELDS = frozenset(FIELDS)
 #: Longest JSONL line or CSV record (which may span lines inside quotes), in characters: eight
 #: times the longest prompt (`manifest.MAX_PROMPT_CHARS`), with room for ten source URLs.
