@@ -138,6 +138,20 @@ def _notes(figs: dict[str, Any], missed: list[str]) -> list[str]:
             "(same machine, same figure) the streamed path ran at 0.44x the naive copy and grew "
             "RSS by 60 MB vs 42 MB, because every output paid a PUT, a COPY and a DELETE on "
             "single-threaded moto, and `bytes(buffer[:size])` copied each body once more.")
+    pv = f3.get("previews")
+    if pv:
+        alone = pv["alone"]
+        out.append(
+            f"- Previews (4b): one preview of a {alone['image_mb']} MB 4K sandbox JPEG takes "
+            f"{alone['ms']:.0f} ms of CPU. Draft mode decodes it at 1/8 size, so no full bitmap "
+            "is ever held (the RSS growth is within the sampler's noise), but libjpeg must still "
+            "entropy-decode every byte of the file, and the sandbox's noisy JPEGs are large. On "
+            "this machine, where moto and the sandbox share the same 2 cores, that shows as "
+            f"{pv['time_ratio']:.2f}x the time per stored output "
+            f"({pv['with_mb_s']} vs {pv['without_mb_s']} MB/s). Against S3 over a network the "
+            "decode runs beside the upload (Pillow releases the GIL while decoding), so it costs "
+            "CPU, not wall time, until the cores are busy. `SEEDREAM_PREVIEWS=false` removes it "
+            "for CPU-bound workers.")
     f5 = figs.get("fig_scaling", {})
     if f5.get("levels"):
         top = max(f5["levels"], key=int)

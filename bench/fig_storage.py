@@ -4,11 +4,16 @@ One sandbox prediction with 15 outputs at 4K (sandbox JPEGs, ~5 MB each), render
 stored into moto's S3 server (both servers in their own processes). Each measurement runs in a
 fresh Python process that samples its own RSS every 5 ms:
 
-- `stream`: `store_outputs` (streamed, hashed, temp key + server-side copy), 4 transfers at once;
-- `naive`: 4 threads that each read an output whole (`httpx.get`) and `put_object` it.
+- `stream`: `store_outputs` (streamed, hashed, temp key + server-side copy, and a preview made
+  from the streamed bytes: the default), 4 transfers at once;
+- `stream-nopreview`: the same with `SEEDREAM_PREVIEWS=false`, so the previews' cost is the
+  difference;
+- `naive`: 4 threads that each read an output whole (`httpx.get`) and `put_object` it;
+- `thumb`: the previewer alone on one 4K output's bytes, fed in the download's chunks (time
+  and RSS growth per output).
 
-Interleaved stream, naive, stream, naive, ...; plus one run of each with 5 outputs, to show that
-peak growth does not depend on the number of images.
+Interleaved stream, stream-nopreview, naive, ...; plus one run of each with 5 outputs, to show
+that peak growth does not depend on the number of images.
 """
 
 from __future__ import annotations
@@ -61,9 +66,11 @@ def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
                                       "output": urls})
     from concurrent.futures import ThreadPoolExecutor
 
+    if mode == "thumb":
+        return _thumb(http.get(urls[0]).content)
     start = time.perf_counter()
     with RssSampler() as rss:
-        if mode == "stream":
+        if mode.startswith("stream"):
             with disable_run_logger():
                 stored = store_outputs.fn(prediction, dest, max_concurrency=CONCURRENCY)
             total = sum(s.size_bytes for s in stored)
@@ -77,8 +84,29 @@ def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
             "peak_growth_mb": rss.growth_mb(), "series": rss.series_mb()}
 
 
+def _thumb(body: bytes) -> dict[str, Any]:
+    """The previewer alone over one output: seconds and RSS growth, best of 5."""
+    from prefect_seedream.tasks.s3_storage.previews import Thumbnailer
+    from prefect_seedream.tasks.s3_storage.upload import DOWNLOAD_CHUNK
+
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        with RssSampler(interval=0.001) as rss:
+            thumbnailer = Thumbnailer(8192)
+            for at in range(0, len(body), DOWNLOAD_CHUNK):
+                thumbnailer.feed(body[at:at + DOWNLOAD_CHUNK])
+            preview = thumbnailer.preview()
+        runs.append((time.perf_counter() - start, rss.growth_mb(), len(preview or b"")))
+    # Fastest time; largest RSS growth (the first run's, before the allocator reuses memory).
+    return {"mode": "thumb", "image_mb": round(len(body) / 1e6, 2),
+            "ms": round(min(r[0] for r in runs) * 1000, 1),
+            "rss_growth_mb": max(r[1] for r in runs), "preview_bytes": runs[0][2]}
+
+
 def _spawn(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "SEEDREAM_PREVIEWS": "false" if mode == "stream-nopreview" else "true"}
     out = subprocess.run(
         [sys.executable, "-m", "bench.fig_storage", "--child", mode, endpoint, json.dumps(urls)],
         env=env, cwd=str(ROOT), check=True, capture_output=True, text=True, timeout=300)
@@ -100,27 +128,45 @@ def run() -> dict[str, Any]:
             ).json()
             urls = list(prediction["output"])
             sizes = [len(http.get(url).content) for url in urls]  # render once, cached after
-        runs: dict[str, list[dict[str, Any]]] = {"stream": [], "naive": []}
+        modes = ("stream", "stream-nopreview", "naive")
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for _ in range(ROUNDS):
-            for mode in ("stream", "naive"):
+            for mode in modes:
                 runs[mode].append(_spawn(mode, moto.endpoint_url, urls))
-        few = {mode: _spawn(mode, moto.endpoint_url, urls[:5]) for mode in ("stream", "naive")}
+        few = {mode: _spawn(mode, moto.endpoint_url, urls[:5]) for mode in modes}
+        thumb = _spawn("thumb", moto.endpoint_url, urls)
 
     def med(mode: str, key: str) -> float:
         return median([r[key] for r in runs[mode]])
 
-    stream_mbps, naive_mbps = med("stream", "mb_per_s"), med("naive", "mb_per_s")
+    # Figure 4 compares the storage path with a raw copy: previews off (their cost is its own
+    # row, 4b); figure 3's memory is the default's, previews on.
+    stream_mbps, naive_mbps = med("stream-nopreview", "mb_per_s"), med("naive", "mb_per_s")
     stream_mem, naive_mem = med("stream", "peak_growth_mb"), med("naive", "peak_growth_mb")
     from prefect_seedream.tasks.s3_storage.upload import DOWNLOAD_CHUNK, PART_SIZE
 
+    plain_s, plain_mem = med("stream-nopreview", "seconds"), med("stream-nopreview",
+                                                                 "peak_growth_mb")
     return {
+        "previews": {
+            "with_s_per_output": round(med("stream", "seconds") / COUNT, 4),
+            "without_s_per_output": round(plain_s / COUNT, 4),
+            "time_ratio": round(med("stream", "seconds") / plain_s, 3),
+            "with_growth_mb": stream_mem, "without_growth_mb": plain_mem,
+            "with_mb_s": med("stream", "mb_per_s"), "without_mb_s": stream_mbps,
+            "with_runs_s": [r["seconds"] for r in runs["stream"]],
+            "without_runs_s": [r["seconds"] for r in runs["stream-nopreview"]],
+            "without_5_outputs_mb": few["stream-nopreview"]["peak_growth_mb"],
+            "alone": thumb,
+        },
         "outputs": COUNT, "concurrency": CONCURRENCY, "rounds": ROUNDS,
         "image_mb": [round(min(sizes) / 1e6, 2), round(max(sizes) / 1e6, 2)],
         "total_mb": round(sum(sizes) / 1e6, 1),
         "part_size_mb": round(PART_SIZE / 2**20, 2), "download_chunk_kb": DOWNLOAD_CHUNK // 1024,
         "throughput": {"stream_mb_s": stream_mbps, "naive_mb_s": naive_mbps,
                        "ratio": round(stream_mbps / naive_mbps, 3),
-                       "stream_runs": [r["mb_per_s"] for r in runs["stream"]],
+                       "stream_runs": [r["mb_per_s"] for r in runs["stream-nopreview"]],
+                       "with_previews_mb_s": med("stream", "mb_per_s"),
                        "naive_runs": [r["mb_per_s"] for r in runs["naive"]]},
         "memory": {"stream_growth_mb": stream_mem, "naive_growth_mb": naive_mem,
                    "ratio": round(stream_mem / naive_mem, 3) if naive_mem else None,

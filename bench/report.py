@@ -125,9 +125,24 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             f"<= 3 parts ({chunk:g} MiB) per transfer = {limit:g} MB, same for 5 and 15 outputs",
             mem["stream_growth_mb"] <= limit and independent, "fig3")
         th = f3["throughput"]
-        add("4. Storage throughput, sandbox file URL -> moto S3", f"{th['stream_mb_s']} MB/s",
+        add("4. Storage throughput, sandbox file URL -> moto S3 (previews off: their cost is "
+            "4b)", f"{th['stream_mb_s']} MB/s",
             f"{th['naive_mb_s']} MB/s (download then upload)", f"{th['ratio']:.2f}x",
             ">= 0.9x", th["ratio"] >= 0.9, "fig4")
+    pv = f3.get("previews")
+    if pv:
+        add(f"4b. Previews' cost: `store_outputs` of {f3['outputs']} x 4K outputs, "
+            f"{f3['concurrency']} at once, previews on (default) vs `SEEDREAM_PREVIEWS=false`",
+            f"{pv['with_s_per_output'] * 1000:.0f} ms per output, {pv['with_growth_mb']} MB "
+            f"peak RSS growth",
+            f"{pv['without_s_per_output'] * 1000:.0f} ms, {pv['without_growth_mb']} MB",
+            f"{pv['time_ratio']:.2f}x time", "reported (issue #16)", None, "fig4")
+        alone = pv["alone"]
+        add(f"4b. One preview alone: a {alone['image_mb']} MB 4K JPEG fed in download chunks, "
+            "draft-mode decode, <= 8 KiB JPEG out",
+            f"{alone['ms']} ms, {alone['rss_growth_mb']} MB RSS growth "
+            f"({alone['preview_bytes']} B preview)", "-", "-", "reported (issue #16)", None,
+            "fig4")
 
     f5 = figs.get("fig_scaling", {})
     for c, level in f5.get("levels", {}).items():
