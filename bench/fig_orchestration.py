@@ -1,10 +1,12 @@
 """Figure 1: orchestration overhead, and Prefect's own start-up (reported separately).
 
-50 single-image 1K predictions, sandbox model latency 2 s, concurrency 10. Baseline: 10 threads
-running the naive script (`replicate.run`, read the bytes, `put_object`). Prefect side with the
-API already up (`prefect_test_harness()` entered before timing): `generate_batch(max_in_flight=10)`
-when it exists, and an async flow gathering `agenerate_images` under `Semaphore(10)`; plus the
-experiment `agen_wait60` (creates in sync mode). Variants run interleaved, after one warm-up each.
+40 single-image 1K predictions (issue #14's figure), sandbox model latency 2 s, concurrency 10.
+Baseline: 10 threads running the naive script (`replicate.run`, read the bytes, `put_object`).
+Prefect side with the API already up (`prefect_test_harness()` entered before timing):
+`generate_batch(max_in_flight=10)` when it exists, else an async flow gathering
+`agenerate_images` under `Semaphore(10)`. Variants run interleaved, after one warm-up each.
+The sandbox's counters give each variant's Replicate API requests per prediction (creates, gets,
+lists, cancels), and the ledger's S3 calls are timed to attribute the overhead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from bench.common import (
 )
 from bench.servers import MotoProcess, SandboxProcess
 
-N = 10 if QUICK else 50
+N = 10 if QUICK else 40
 CONCURRENCY = 10
 LATENCY = 2.0
 ROUNDS = 1 if QUICK else 2
@@ -53,26 +55,29 @@ def _small(fn: Any) -> Any:
 
 
 def _time_ledger() -> dict[str, Any]:
-    """Time (not change) the prediction ledger's calls, to attribute the overhead."""
-    from prefect_seedream.tasks import prediction_ledger as ledger
+    """Time (not change) the prediction ledger's S3 calls, to attribute the overhead."""
+    from prefect_seedream.tasks.prediction_ledger import Ledger
 
     record: dict[str, Any] = {"calls": {}}
 
     def wrap(name: str) -> None:
-        original = getattr(ledger, name)
+        original = getattr(Ledger, name)
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                return original(self, *args, **kwargs)
             finally:
                 record["calls"].setdefault(name, []).append(time.perf_counter() - start)
 
-        setattr(ledger, name, timed)
+        setattr(Ledger, name, timed)
 
-    for name in ("recall", "remember", "settle"):
+    for name in ("read", "write", "mark_open", "close"):
         wrap(name)
     return record
+
+
+_API_CALLS = ("creates", "gets", "lists", "cancels")
 
 
 def run() -> dict[str, Any]:
@@ -135,18 +140,26 @@ def run() -> dict[str, Any]:
             out["warmup_s"] = warm
             ledger_time["calls"] = {}
 
-            def timed(fn: Any) -> Any:
+            requests: dict[str, list[float]] = {}
+
+            def timed(name: str, fn: Any) -> Any:
                 def go(n: int) -> float | str:
+                    before = sb.counters()
                     start = time.perf_counter()
                     try:
                         fn(n)
                     except Exception as exc:
                         traceback.print_exc()
                         return f"error: {type(exc).__name__}: {exc}"[:300]
-                    return time.perf_counter() - start
+                    seconds = time.perf_counter() - start
+                    after = sb.counters()
+                    calls = sum(after[c] - before[c] for c in _API_CALLS)
+                    requests.setdefault(name, []).append(round(calls / N, 3))
+                    return seconds
                 return go
 
-            raw = interleave({k: timed(v) for k, v in variants.items()}, ROUNDS)
+            raw = interleave({k: timed(k, v) for k, v in variants.items()}, ROUNDS)
+    out["requests_per_prediction"] = {k: median(v) for k, v in requests.items()}
     calls = ledger_time.get("calls", {})
     out["ledger"] = {
         "note": "wall seconds inside prefect_seedream.tasks.prediction_ledger during the timed "
