@@ -225,6 +225,20 @@ def checked_request(
             raise
         _bundled(body, model)  # bad input is named even before missing credentials
         raise
+    check_body(body, model, schema)
+    return request
+
+
+def check_body(body: dict[str, Any], model: str, schema: dict[str, Any] | None, *,
+               warn: bool = True) -> None:
+    """Check a request body against `model`'s published `schema` (from `schema_for`); with
+    None (unreadable now), against the bundled Seedream 4 rules, or refuse another model.
+    Many bodies of one model (a manifest) fetch the schema once and call this per body.
+
+    Raises:
+        InvalidInput: The body breaks the schema (each problem names field and model), or
+            there is no schema and no bundled rules for the model.
+    """
     if schema is not None:
         try:
             problems = input_problems(body, schema, model)
@@ -239,10 +253,10 @@ def checked_request(
                 f"cannot read the published input schema of {model} from Replicate right "
                 "now, and there are no bundled rules for it; refusing to send unchecked "
                 "input. Retry later.")
-        logger.warning("cannot read %s's published schema; checking against the bundled "
-                       "Seedream 4 rules", model)
+        if warn:
+            logger.warning("cannot read %s's published schema; checking against the bundled "
+                           "Seedream 4 rules", model)
         _bundled(body, model)
-    return request
 
 
 def _bundled(body: dict[str, Any], model: str) -> None:

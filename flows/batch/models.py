@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect_seedream.flows.batch.manifest import BatchItem
 from prefect_seedream.tasks.errors import InvalidInput
 from prefect_seedream.tasks.model_prices import price_per_image, required_price
-from prefect_seedream.tasks.model_schemas import checked_request
+from prefect_seedream.tasks.model_schemas import check_body, check_model_name, schema_for
 
 if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
+
+logger = logging.getLogger("prefect_seedream.models")
 
 
 def model_of(item: BatchItem, default: str) -> str:
@@ -35,11 +37,25 @@ def model_problems(items: Iterable[BatchItem], default: str,
     from prefect_seedream.tasks.connections import replicate_api
 
     api = replicate_api(credentials)
+    schemas: dict[str, dict[str, Any] | None] = {}
+    refused: dict[str, InvalidInput] = {}
     problems: list[tuple[int, str]] = []
     for item in items:
-        placeholders = [f"https://source.invalid/{i}" for i in range(len(item.images))]
+        model = model_of(item, default)
+        if model not in schemas and model not in refused:
+            try:
+                schemas[model] = schema_for(check_model_name(model), api)
+            except InvalidInput as exc:  # unknown model or version: every row of it says so
+                refused[model] = exc
+            if schemas.get(model, {}) is None:
+                logger.warning("cannot read %s's published schema; checking its rows against "
+                               "the bundled Seedream 4 rules", model)
         try:
-            checked_request(item.request(placeholders), model_of(item, default), api)
+            if model in refused:
+                raise refused[model]
+            placeholders = [f"https://source.invalid/{i}" for i in range(len(item.images))]
+            check_body(item.request(placeholders).to_request(), model, schemas[model],
+                       warn=False)
         except InvalidInput as exc:
             problems.append((item.line, f"line {item.line}: {exc}"))
     return problems
