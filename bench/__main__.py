@@ -27,7 +27,7 @@ RESULTS_JSON = ROOT / "bench" / "results.json"
 LOGS = ROOT / "bench" / "results"
 BACKGROUND = ("fig_api_calls",)
 FOREGROUND = ("fig_orchestration", "fig_scaling", "fig_storage", "fig_cold_start",
-              "fig_sandbox", "fig_loop_lag", "fig_batch", "fig_ledger")
+              "fig_sandbox", "fig_loop_lag", "fig_batch", "fig_ledger", "fig_manifest")
 
 _CHILD = ("import json, sys; from bench import {name} as fig; "
           "json.dump(fig.run(), open(sys.argv[1], 'w'), indent=1)")
