@@ -59,6 +59,7 @@ from e2e_support import (
     base_env,
     free_port,
     run_command,
+    start_prefect_server,
     start_process,
     start_worker,
     wait_for,
@@ -84,21 +85,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
         "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
     })
-    process = start_process("prefect-server", [PREFECT, "server", "start", "--host",
-                                               "127.0.0.1", "--port", str(port)], env, logs_dir)
-    api_url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        if not process.alive():
-            pytest.fail(f"prefect server exited:\n{process.logs()[-3000:]}")
-        try:
-            return httpx.get(f"{api_url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    process = start_prefect_server("prefect-server", port, env, logs_dir)
     try:
-        wait_for(healthy, 90, "prefect server to become healthy")
-        yield PrefectServer(api_url, home, client_home, logs_dir, process)
+        yield PrefectServer(f"http://127.0.0.1:{port}/api", home, client_home, logs_dir, process)
     finally:
         process.stop()
 

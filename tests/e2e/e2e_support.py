@@ -88,6 +88,29 @@ def start_process(name: str, args: list[str], env: Mapping[str, str], logs_dir: 
     return ManagedProcess(name, process, log_path, log_file)
 
 
+def start_prefect_server(name: str, port: int, env: Mapping[str, str], logs_dir: Path,
+                         timeout: float = 90) -> ManagedProcess:
+    """`prefect server start` on loopback `port`, once `/api/health` answers; the test fails
+    with the server's log if it exits first or never answers. The caller stops it."""
+    process = start_process(name, [PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(port)], env, logs_dir)
+
+    def healthy() -> bool:
+        if not process.alive():
+            pytest.fail(f"prefect server exited:\n{process.logs()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, f"{name} to become healthy")
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
 def run_command(args: list[str], env: Mapping[str, str], timeout: float = 120) -> str:
     """Run a command to completion; fail the test with its output if it fails."""
     result = subprocess.run(args, cwd=ROOT, env=dict(env), capture_output=True, text=True,

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from browser import CHROMIUM, Browser
-from e2e_support import PREFECT, PYTHON, base_env, free_port, start_process, wait_for
+from e2e_support import PYTHON, base_env, free_port, start_prefect_server
 
 pytestmark = [
     pytest.mark.server,
@@ -76,19 +76,8 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**base_env(), "PREFECT_HOME": str(base / "home"),
            "PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_UI_API_URL": f"{url}/api",
            "PREFECT_LOGGING_SERVER_LEVEL": "WARNING"}
-    process = start_process("prefect-ui-server", [PREFECT, "server", "start", "--host",
-                                                  "127.0.0.1", "--port", str(port)], env, base)
-
-    def healthy() -> bool:
-        if not process.alive():
-            pytest.fail(f"prefect server exited:\n{process.logs()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/api/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    process = start_prefect_server("prefect-ui-server", port, env, base, timeout=120)
     try:
-        wait_for(healthy, 120, "the prefect server (with UI) to become healthy")
         yield url
     finally:
         process.stop()
