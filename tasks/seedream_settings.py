@@ -5,6 +5,7 @@ Secrets never live here: tokens and keys belong in blocks.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -196,6 +197,18 @@ class SeedreamSettings(BaseSettings):
     )
 
 
+_built: dict[tuple[tuple[str, str], ...], SeedreamSettings] = {}
+
+
 def get_settings() -> SeedreamSettings:
-    """Build the settings now, from the current environment."""
-    return SeedreamSettings()
+    """The settings of the current environment: built again whenever a `SEEDREAM_` variable
+    changed, else the instance built last (building reads and validates every field, ~3 ms,
+    and creates, polls and manifest rows ask often). Treat it as read-only."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items()
+                       if k[:9].upper() == "SEEDREAM_"))
+    found = _built.get(key)
+    if found is None:
+        found = SeedreamSettings()
+        _built.clear()  # one environment at a time
+        _built[key] = found
+    return found
