@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     from prefect_seedream.blocks.replicate_credentials import ReplicateCredentials
     from prefect_seedream.tasks.replicate_client.api import ReplicateApi
 
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$")
+#: `owner/name` or `owner/name:<64-hex version>`; each part at most 100 characters (a model
+#: name is echoed in errors and sent in a URL). Use `fullmatch`: `$` would let a final "\n" in.
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}/[a-z0-9][a-z0-9._-]{0,99}(:[0-9a-f]{64})?")
 SCHEMA_CHANGED_EVENT = "seedream.model.schema-changed"
 logger = logging.getLogger("prefect_seedream.models")
 _memory: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -61,8 +63,9 @@ class ModelNotFound(InvalidInput):
 
 def check_model_name(model: str) -> str:
     """`model` if it is `owner/name` or `owner/name:<64 hex>`, else `InvalidInput`."""
-    if not isinstance(model, str) or not MODEL_NAME.match(model):
-        raise InvalidInput(f"model {model!r} is not owner/name or owner/name:<64-hex version>, "
+    if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+        shown = repr(model) if len(repr(model)) <= 80 else repr(model)[:77] + "..."
+        raise InvalidInput(f"model {shown} is not owner/name or owner/name:<64-hex version>, "
                            "e.g. bytedance/seedream-4")
     return model
 

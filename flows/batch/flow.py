@@ -323,7 +323,7 @@ def generate_batch(
         target, prefix, [(item, key) for item, key in unique if key in done_keys]))
     for item, key in skipped:
         by_key[key] = ItemOutcome(id=item.id, line=item.line, kind=item.kind, item_key=key,
-                                  status="skipped_budget")
+                                  status="skipped_budget", model=model_of(item, model))
     outcomes = [by_key[key] for _, key in unique]
     for item, key in duplicates:
         first = by_key[key]

@@ -172,7 +172,7 @@ def _check_row(line: int, raw: Any) -> tuple[BatchItem | None, list[str]]:
             if not source.startswith(("s3://", "https://", "http://")):
                 problems.append(f"{where}: images[{i}] must be an s3:// URI or an https URL")
     model = clean.get("model")
-    if model is not None and not (isinstance(model, str) and MODEL_NAME.match(model)):
+    if model is not None and not (isinstance(model, str) and MODEL_NAME.fullmatch(model)):
         problems.append(f"{where}: model must be owner/name or owner/name:<64-hex version>, "
                         "e.g. bytedance/seedream-4.5")
         model = None

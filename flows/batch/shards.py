@@ -66,6 +66,7 @@ def _outcome(item: BatchItem, key: str, line: dict[str, Any] | None, why: str) -
         images=images, prediction_id=line.get("prediction_id"),
         error_type=line.get("error_type"), error=line.get("error"),
         seconds=float(line.get("seconds") or 0.0), cost_usd=float(line.get("cost_usd") or 0.0),
+        model=line.get("model") if isinstance(line.get("model"), str) else None,
     )
 
 
