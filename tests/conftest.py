@@ -198,19 +198,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         worker = os.environ.get("PYTEST_XDIST_WORKER")  # each xdist worker writes its own
         with open(f"{out}.{worker}" if worker else out, "w", encoding="utf-8") as handle:
             json.dump(_OUTCOMES, handle, indent=1)
-
-
-#: Files that take a minute or more (servers, worker processes, subprocess snippets), handed to
-#: the xdist workers first: with `--dist loadfile` files go out in collection order, and a long
-#: file handed out last would leave one worker running alone at the end.
-_LONG_FIRST = ("tests/e2e/", "tests/test_readme.py", "tests/test_command_line.py",
-               "tests/test_fault_matrix", "tests/test_hostile_", "tests/test_lifecycle.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        path = item.path.as_posix()
-        return next((n for n, part in enumerate(_LONG_FIRST) if f"/{part}" in path or
-                     path.startswith(part)), len(_LONG_FIRST))
-
-    items.sort(key=rank)  # stable: each file's tests stay together and in order
