@@ -66,12 +66,15 @@ class _Process:
 
 class SandboxProcess(_Process):
     """`python -m prefect_seedream.sandbox` on a free port, rate limits off, outputs as http URLs
-    (as Replicate's https URLs, not inline data: URIs); admin over `/_sandbox/`."""
+    (as Replicate's https URLs, not inline data: URIs), in bench mode unless `prerendered` is
+    False; admin over `/_sandbox/`."""
 
-    def __init__(self, run_seconds: float = 2.0) -> None:
+    def __init__(self, run_seconds: float = 2.0, *, prerendered: bool = True) -> None:
+        # Bench mode by default: one JPEG per size, rendered once, so the sandbox's CPU per
+        # prediction is small beside the client's it measures (figure (a) reports it).
         super().__init__([sys.executable, "-m", "prefect_seedream.sandbox", "--port", "{port}",
                           "--run-seconds", str(run_seconds), "--no-rate-limits",
-                          "--http-outputs"])
+                          "--http-outputs"] + (["--prerendered-outputs"] if prerendered else []))
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_token = TOKEN
 

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer sync-mode creates with file URLs instead of data: URIs (replicate.run "
              "then returns plain strings, since the sandbox serves http, not https)",
     )
+    parser.add_argument(
+        "--prerendered-outputs", action="store_true",
+        help="bench mode: one JPEG per output size, rendered once and served for every "
+             "prompted output of that size (byte-identical), so the sandbox costs little CPU",
+    )
     return parser
 
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None, stop: threading.Event | None = None) -> 
         retention_seconds=args.retention_seconds,
         rate_limits=not args.no_rate_limits,
         sync_data_uri_outputs=not args.http_outputs,
+        prerendered_outputs=args.prerendered_outputs,
     )
     try:
         config.check()

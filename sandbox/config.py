@@ -51,6 +51,9 @@ class SandboxConfig:
             outputs as `data:` URIs, as Replicate's did for a while in late 2024; the sandbox
             serves plain http, which `replicate.run` would hand back as bare strings, so this
             lets Replicate's own examples (`output[0].read()`) run unchanged. GETs keep URLs.
+        prerendered_outputs: Bench mode: every output of a size (prompted, no sources, not
+            corrupted) is one JPEG rendered once per size and served byte-identical, so a
+            prediction costs the sandbox almost no CPU and a benchmark measures its client.
     """
 
     queue_seconds: float = 0.0
@@ -71,6 +74,7 @@ class SandboxConfig:
     file_cache_bytes: int = 256 * 1024 * 1024
     seed: int | None = None
     sync_data_uri_outputs: bool = False
+    prerendered_outputs: bool = False
 
     def replace(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied; unknown field names raise `TypeError`.

@@ -61,6 +61,11 @@ def handle(app: SandboxApp, request: Request) -> Response:
 def output_bytes(app: SandboxApp, record: PredictionRecord, index: int) -> bytes:
     """The JPEG of one output (or what `corrupt_outputs` left of it), rendered once and cached."""
     cfg = app.config
+    if cfg.prerendered_outputs and record.corruption is None and not record.sources:
+        width, height = record.width, record.height
+        return app.files.get(("prerendered", width, height), lambda: render_jpeg(
+            width, height, f"sandbox bench output {width}x{height}", 0, 1, None,
+            cfg.jpeg_quality, cfg.noise_sigma))
 
     def render() -> bytes:
         if record.corruption == "html":

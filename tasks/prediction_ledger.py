@@ -25,6 +25,7 @@ sends). The claim protocol itself (attach, wait, reconcile, take over) is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,8 +33,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -217,13 +218,35 @@ class Ledger:
         return str(answer["ETag"])
 
     def mark_open(self, run: str, scope: str, key: str) -> None:
+        self.mark_open_soon(run, scope, key).result()
+
+    def mark_open_soon(self, run: str, scope: str, key: str) -> Future[None]:
+        """Start writing the run's open pointer to a shared record; `.result()` waits for it
+        (and raises what the write raised). After any earlier change of the same pointer."""
+        return _in_order(self._pointer_id(run, scope, key), lambda: self._put_pointer(
+            run, scope, key))
+
+    def close(self, run: str, scope: str, key: str) -> None:
+        """Delete the run's own open pointer (never another run's)."""
+        self.close_soon(run, scope, key).result()
+
+    def close_soon(self, run: str, scope: str, key: str) -> Future[None]:
+        """`close` off the caller's path: a pointer left behind only makes the run's hooks
+        read a record that shows its prediction ended. A later `mark_open_soon` of the same
+        pointer waits for it, so a re-claimed item is never left without its pointer."""
+        return _in_order(self._pointer_id(run, scope, key), lambda: self._delete_pointer(
+            run, scope, key))
+
+    def _pointer_id(self, run: str, scope: str, key: str) -> str:
+        return f"{self.destination.bucket}/{self.open_path(run, scope, key)}"
+
+    def _put_pointer(self, run: str, scope: str, key: str) -> None:
         self.destination.get_client().put_object(
             Bucket=self.destination.bucket, Key=self.open_path(run, scope, key),
             Body=self.path(scope, key).encode(), ContentType="text/plain",
         )
 
-    def close(self, run: str, scope: str, key: str) -> None:
-        """Delete the run's own open pointer (never another run's)."""
+    def _delete_pointer(self, run: str, scope: str, key: str) -> None:
         self.destination.get_client().delete_object(
             Bucket=self.destination.bucket, Key=self.open_path(run, scope, key))
 
@@ -248,6 +271,40 @@ class Ledger:
                 if read is not None and read[0].get("run") == flow_run_id]
 
 
+# Open pointers change off the callers' paths (the claim's PUT and the pointer's go out at once;
+# a pointer's removal does not hold up its item), but the changes of one pointer stay in order.
+_pointers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ledger-pointer")
+_last_change: dict[str, Future[None]] = {}
+
+
+def _in_order(pointer: str, change: Callable[[], None]) -> Future[None]:
+    def run(before: Future[None] | None) -> None:
+        if before is not None:
+            with contextlib.suppress(Exception):  # its own caller sees its error
+                before.result()
+        change()
+
+    with _lock:
+        # FIFO: an earlier change is picked up before this one, so waiting on it cannot stall.
+        future = _pointers.submit(run, _last_change.get(pointer))
+        _last_change[pointer] = future
+    future.add_done_callback(lambda done: _forget(pointer, done))
+    return future
+
+
+def _forget(pointer: str, done: Future[None]) -> None:
+    with _lock:
+        if _last_change.get(pointer) is done:
+            del _last_change[pointer]
+
+
+def flush_pointers(timeout: float = 30.0) -> None:
+    """Wait for every open-pointer change queued so far (the end of a batch)."""
+    with _lock:
+        pending = list(_last_change.values())
+    wait(pending, timeout=timeout)
+
+
 @dataclass
 class Claim:
     """One request's record, as this attempt last read or wrote it."""
@@ -259,6 +316,8 @@ class Claim:
     token: str = ""  # set by each `send`
     record: dict[str, Any] = field(default_factory=dict)
     etag: str | None = None
+    stray_pointer: bool = False  # a lost claim's pointer, kept until the record shows whose
+
 
     @property
     def path(self) -> str:
@@ -275,6 +334,9 @@ class Claim:
     def refresh(self) -> dict[str, Any] | None:
         read = self.ledger.read(self.path)
         self.record, self.etag = read if read is not None else ({}, None)
+        if self.stray_pointer and self.record.get("run") != self.run:
+            self.stray_pointer = False  # another run's record: the pointer is not ours to keep
+            self.ledger.close_soon(self.run, self.scope, self.key)
         return read[0] if read is not None else None
 
     def _put(self, record: dict[str, Any], *, replace: bool) -> bool:
@@ -296,6 +358,10 @@ class Claim:
         history = list(self.record.get("history") or [])
         if self.record.get("prediction_id"):
             history.append(self.record["prediction_id"])
+        # The run's pointer goes up beside the claim, not after it: a pointer to a record
+        # another run won is ignored by this run's hooks (they read only records it owns).
+        pointer = self.ledger.mark_open_soon(self.run, self.scope, self.key) \
+            if self.shared else None
         won = self._put({
             "v": 1, "key": self.key, "scope": self.scope, "run": self.run, "owner": self.token,
             "state": SENDING, "sent_at": sent_at.isoformat(), "window": window,
@@ -303,8 +369,9 @@ class Claim:
         }, replace=replace)
         if not won:
             retire(self.token)
-        elif self.shared:
-            self.ledger.mark_open(self.run, self.scope, self.key)
+        self.stray_pointer = not won and pointer is not None
+        if pointer is not None:
+            pointer.result()  # the create is not sent before the run's hooks can find it
         return won
 
     def created(self, prediction_id: str, status: PredictionStatus, *, adopt: bool = False
@@ -347,7 +414,7 @@ class Claim:
             if self.refresh() is None:
                 break
         if self.shared and self.record.get("run") == self.run:
-            self.ledger.close(self.run, self.scope, self.key)
+            self.ledger.close_soon(self.run, self.scope, self.key)
 
 
 # The claims of predictions this process created or attached to, by prediction id, so a wait

@@ -68,6 +68,7 @@ class CreatePlan:
     sent_at: datetime | None = None
     spend: spend_limit.SpendGuard | None = None  # None: no spend limit is set
     reservation: spend_limit.Reservation | None = None
+    made: str | None = None  # the id of the prediction this plan's own create made
 
     @property
     def match(self) -> RequestMatch:
@@ -249,6 +250,7 @@ class CreatePlan:
         self.log.info("Created prediction %s (%s)", prediction.id, prediction.status.value)
         claim = self.claim
         spend_limit.track(prediction.id, self.reservation)
+        self.made = prediction.id
         if claim is None:
             return prediction
         ledger.retire(claim.token)
@@ -261,6 +263,7 @@ class CreatePlan:
         if won:
             ledger.track(prediction.id, claim)
             return prediction
+        self.made = None
         self.log.warning("Request %s was taken over while prediction %s's create went "
                          "unanswered; cancelling %s, the request is served once",
                          claim.key, prediction.id, prediction.id)

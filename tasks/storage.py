@@ -190,42 +190,53 @@ def _existing(
 def _attempt(
     url: str, prediction: Prediction, index: int, destination: S3Destination, key_prefix: str,
     expected_size: tuple[int, int] | None, flow_run_id: str | None, http: httpx.Client,
+    *, look_first: bool = True,
 ) -> StoredImage:
+    """One download-and-store. The final PUT is conditional (`If-None-Match`): it never
+    replaces an object, and an object an earlier attempt stored is found by that PUT failing,
+    then read. `look_first` asks S3 before downloading, so a re-run of a stored prediction
+    downloads nothing; a prediction made moments ago has nothing stored yet and skips it."""
     client = destination.get_client()
     guessed = output_key(key_prefix, prediction.id, index, guess_extension(url))
-    found = _existing(client, destination, guessed, prediction.id, index)
-    if found is not None:
+    if look_first and (found := _existing(client, destination, guessed, prediction.id, index)):
         return found
     settings = get_settings()
     probe = ImageProbe(max_bytes=settings.max_output_bytes)
     thumbs = Thumbnailer(settings.preview_max_bytes) if settings.previews else None
-    with open_source(url, http) as chunks:
-        reader = HashingReader(chunks, probe, thumbs.feed if thumbs else None)
-        reader.prefetch_header()
-        if not probe.header_ready:
-            probe.finish()  # raises: empty, not an image, or truncated inside the header
-        assert probe.content_type and probe.width and probe.height
-        width, height = probe.width, probe.height
-        key = output_key(key_prefix, prediction.id, index, extension_for(probe.content_type))
-        if key != guessed:
-            found = _existing(client, destination, key, prediction.id, index)
-            if found is not None:
-                return found
-        temp_key = join_key_parts(
-            key_prefix, "_incomplete", prediction.id, f"{index}-{uuid.uuid4().hex[:12]}.part"
-        )
-
-        def finish() -> dict[str, str]:
-            probe.finish()
-            return build_metadata(
-                prediction, index, sha256=reader.hexdigest(), width=width, height=height,
-                flow_run_id=flow_run_id, expected_size=expected_size,
+    try:
+        with open_source(url, http) as chunks:
+            reader = HashingReader(chunks, probe, thumbs.feed if thumbs else None)
+            reader.prefetch_header()
+            if not probe.header_ready:
+                probe.finish()  # raises: empty, not an image, or truncated inside the header
+            assert probe.content_type and probe.width and probe.height
+            width, height = probe.width, probe.height
+            key = output_key(key_prefix, prediction.id, index, extension_for(probe.content_type))
+            temp_key = join_key_parts(
+                key_prefix, "_incomplete", prediction.id, f"{index}-{uuid.uuid4().hex[:12]}.part"
             )
 
-        sha = upload_then_publish(
-            client, bucket=destination.bucket, temp_key=temp_key, final_key=key, reader=reader,
-            content_type=probe.content_type, finish=finish,
-        )
+            def finish() -> dict[str, str]:
+                probe.finish()
+                return build_metadata(
+                    prediction, index, sha256=reader.hexdigest(), width=width, height=height,
+                    flow_run_id=flow_run_id, expected_size=expected_size,
+                )
+
+            sha = upload_then_publish(
+                client, bucket=destination.bucket, temp_key=temp_key, final_key=key,
+                reader=reader, content_type=probe.content_type, finish=finish,
+                exists=lambda: head_metadata(client, destination.bucket, key) is not None,
+            )
+    except SourceGone:
+        # Expired: an earlier attempt (or run) may have stored it before it did.
+        if (found := _existing(client, destination, guessed, prediction.id, index)) is None:
+            raise
+        return found
+    if sha is None:  # already there: stored by an earlier attempt, or someone else's object
+        if (found := _existing(client, destination, key, prediction.id, index)) is None:
+            raise Transient(f"{destination.uri(key)} changed while this output was stored.")
+        return found
     stored = StoredImage(
         uri=destination.uri(key), bucket=destination.bucket, key=key, sha256=sha,
         size_bytes=probe.size_bytes, width=width, height=height,
@@ -265,13 +276,17 @@ def store_output(
     retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     http: httpx.Client | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    fresh: bool = False,
 ) -> StoredImage:
     """Stream one output URL (https, http or `data:`) into S3 and return what was stored.
 
     Network errors, source 5xx and S3 5xx/connection errors are retried after each pause in
     `retry_delays` (the prediction is never re-run). Logs never contain a URL's query string.
     An image that is not of `expected_size` is stored at its real size, with a warning and
-    `size_note` saying so: the size table is a guess about a hosted model.
+    `size_note` saying so: the size table is a guess about a hosted model. An output already
+    stored under its key is returned as it is, never downloaded again, unless `fresh` (the
+    prediction was made moments ago by the caller's own create, so nothing can be stored under
+    its id yet): then the first try skips that look and relies on its PUT never overwriting.
 
     Raises:
         OutputExpired: The URL answered 404/410 (Replicate deletes outputs after ~1 hour).
@@ -305,7 +320,7 @@ def store_output(
         for attempt in range(len(delays) + 1):
             try:
                 stored = _attempt(url, prediction, index, destination, prefix, expected_size,
-                                  flow_run_id, client)
+                                  flow_run_id, client, look_first=not fresh or attempt > 0)
                 log.info("Stored output %d of %s from %s at %s (%d bytes, sha256 %s).", index,
                          prediction.id, safe_url, stored.uri, stored.size_bytes, stored.sha256)
                 if stored.size_note:
@@ -392,6 +407,7 @@ def store_outputs(
     expected_size: tuple[int, int] | None = None,
     retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     max_concurrency: int = 4,
+    fresh: bool = False,
 ) -> list[StoredImage]:
     """Store every output of a succeeded prediction in S3, up to `max_concurrency` at a time.
 
@@ -408,6 +424,9 @@ def store_outputs(
         expected_size: `(width, height)` every output must have.
         retry_delays: Pauses between attempts of one output after a transient failure.
         max_concurrency: How many outputs are transferred at once.
+        fresh: The caller's own create made `prediction` just now, so none of its outputs can
+            be stored yet: each is uploaded without asking S3 first (the upload still never
+            replaces an object; see `store_output`).
 
     Returns:
         The stored images, in output order.
@@ -454,7 +473,7 @@ def store_outputs(
             job = functools.partial(
                 store_output, url, prediction, index, destination, key_prefix=key_prefix,
                 expected_size=expected_size, flow_run_id=str(run_id) if run_id else None,
-                retry_delays=retry_delays, http=http, logger=logger,
+                retry_delays=retry_delays, http=http, logger=logger, fresh=fresh,
             )
             # Each worker runs in a copy of the task's context, so its logs reach the run.
             futures[pool.submit(contextvars.copy_context().run, job)] = index

@@ -144,6 +144,29 @@ def test_outputs_of_one_prediction_differ_and_are_cached(seedream_sandbox, seedr
     assert counters["per_prediction"][prediction.id]["downloads"] == 3
 
 
+def test_bench_mode_serves_one_prerendered_jpeg_per_size(seedream_sandbox, seedream_client):
+    """`--prerendered-outputs`: every prompted output of a size is the same JPEG, rendered
+    once, so a benchmark's sandbox spends no CPU per prediction; other sizes get their own."""
+    def outputs(prompt: str, size: str) -> list[bytes]:
+        prediction = seedream_client.models.predictions.create(
+            model=MODEL, wait=True, input={"prompt": prompt, "aspect_ratio": "1:1", "size": size,
+                                           "sequential_image_generation": "auto",
+                                           "max_images": 2})
+        return [httpx.get(url).content for url in prediction.output]
+
+    seedream_sandbox.configure(prerendered_outputs=True)
+    try:
+        first, second = outputs("two cats", "1K")
+        [other, _] = outputs("a lighthouse", "1K")
+        [big, _] = outputs("two cats", "2K")
+    finally:
+        seedream_sandbox.configure(prerendered_outputs=False)
+    assert first == second == other
+    assert Image.open(io.BytesIO(first)).size == (1024, 1024)
+    assert Image.open(io.BytesIO(big)).size == (2048, 2048)
+    assert outputs("two cats", "1K")[0] != first  # off again: rendered from the prompt
+
+
 def test_edit_from_data_uri_derives_output_from_input(seedream_client):
     source = _png((1024, 1024))  # red left half, blue right half
     prediction = seedream_client.models.predictions.create(

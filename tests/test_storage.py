@@ -399,6 +399,42 @@ def test_second_run_reuses_stored_objects_even_after_the_source_expired(files, d
     assert s3_client.head_object(Bucket=destination.bucket, Key=first.key)["ETag"] == etag
 
 
+def _s3_operations(destination: S3Destination) -> list[str]:
+    """The S3 operations the destination's (per-process) client sends from now on."""
+    seen: list[str] = []
+    destination.get_client().meta.events.register(
+        "before-call.s3.*", lambda model, **_: seen.append(model.name))
+    return seen
+
+
+def test_a_new_predictions_output_goes_up_in_one_request_and_never_over_another(
+        files, destination, s3_client):
+    """A prediction this attempt just made has nothing stored yet: each output is one PUT, no
+    HEAD first; the PUT is conditional, so an object already under the key is never replaced:
+    ours (an earlier attempt whose answer was lost) is returned, a foreign one refused."""
+    url = files.add("/a.jpg", body=make_image())
+    seen = _s3_operations(destination)
+    [first] = store(prediction(url, pid="fresh1"), destination, fresh=True)
+    assert seen.count("PutObject") == 1 and "HeadObject" not in seen
+    etag = s3_client.head_object(Bucket=destination.bucket, Key=first.key)["ETag"]
+
+    seen.clear()
+    [again] = store(prediction(url, pid="fresh1"), destination, fresh=True)
+    assert _stored_fields(again) == _stored_fields(first)
+    assert s3_client.head_object(Bucket=destination.bucket, Key=first.key)["ETag"] == etag
+
+    seen.clear()
+    [looked] = store(prediction(url, pid="fresh1"), destination)  # not fresh: look first
+    assert _stored_fields(looked) == _stored_fields(first) and "PutObject" not in seen
+
+    key = "seedream/runs/fresh2/0.jpg"
+    s3_client.put_object(Bucket=destination.bucket, Key=key, Body=b"someone else's")
+    with pytest.raises(StorageFailed, match="refusing to overwrite"):
+        store(prediction(url, pid="fresh2"), destination, fresh=True)
+    assert s3_client.get_object(Bucket=destination.bucket, Key=key)["Body"].read() == (
+        b"someone else's")
+
+
 def test_a_foreign_object_under_the_key_is_not_overwritten(files, destination, s3_client):
     key = "seedream/runs/pred123/0.jpg"
     s3_client.put_object(Bucket=destination.bucket, Key=key, Body=b"someone else's")

@@ -49,6 +49,7 @@ from prefect_seedream.flows.flow_support import check_bucket
 from prefect_seedream.flows.spend_report import publish_spend
 from prefect_seedream.tasks.connections import _log, resolve_credentials, resolve_destination
 from prefect_seedream.tasks.model_schemas import check_model_name
+from prefect_seedream.tasks.prediction_ledger import flush_pointers
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
 from prefect_seedream.tasks.seedream_settings import get_settings
 from prefect_seedream.tasks.storage import StoredImage
@@ -318,6 +319,8 @@ def generate_batch(
         )
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 
+    progress.flush()  # the artifact shows the last item before the run ends
+    flush_pointers()  # and the ledger no longer lists the run's ended items as open
     by_key: dict[str, ItemOutcome] = {o.item_key: o for o in ran}
     by_key.update((o.item_key, o) for o in _already_done(
         target, prefix, [(item, key) for item, key in unique if key in done_keys]))

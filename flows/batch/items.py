@@ -193,12 +193,13 @@ def _slot(name: str | None) -> Iterator[None]:
 
 
 def _create_once(request: Any, control: BatchControl, key: str, model: str | None
-                 ) -> tuple[Prediction, bool]:
+                 ) -> tuple[Prediction, bool, bool]:
     """`create_prediction`'s body, with the item's ledger record shared by every run of the
     batch (`{prefix}/_ledger/items/{item_key}.json`): of two runs that want the item at once,
     one creates and the other attaches. The item key is the request's identity with its
     sources named by content, so the URLs this attempt presigned play no part in finding what
-    an earlier attempt or run paid for. Returns the prediction and whether this run owns it.
+    an earlier attempt or run paid for. Returns the prediction, whether this run owns it and
+    whether this very call created it (then none of its outputs can be stored yet).
     """
     settings = get_settings()
     # Sync mode (`Prefer: wait`), as the image flows: a prediction that ends inside the window
@@ -214,7 +215,7 @@ def _create_once(request: Any, control: BatchControl, key: str, model: str | Non
     ours = plan.claim is None or plan.claim.record.get("run") == control.run_id
     if ours:
         control.track(key, prediction.id)
-    return prediction, ours
+    return prediction, ours, plan.made == prediction.id
 
 
 def _await(prediction: Prediction, control: BatchControl) -> Prediction:
@@ -224,7 +225,7 @@ def _await(prediction: Prediction, control: BatchControl) -> Prediction:
 
 
 def _create(item: BatchItem, key: str, request: Any, control: BatchControl
-            ) -> tuple[Prediction, bool]:
+            ) -> tuple[Prediction, bool, bool]:
     """Create, re-queuing on 429s that outlast the create's own retries."""
     deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
     delay = 1.0
@@ -256,14 +257,14 @@ def _request(item: BatchItem, control: BatchControl) -> tuple[Any, tuple[int, in
 
 
 def _predict(item: BatchItem, key: str, control: BatchControl
-             ) -> tuple[Prediction, Any, bool]:
+             ) -> tuple[Prediction, Any, bool, bool]:
     """A succeeded prediction for the item, retrying transient model failures; with the size
-    to expect and whether this run paid for it."""
+    to expect, whether this run paid for it and whether this attempt's create made it."""
     attempt = 0
     while True:
         request, expected = _request(item, control)
         with _slot(control.concurrency_limit_name):
-            prediction, ours = _create(item, key, request, control)
+            prediction, ours, fresh = _create(item, key, request, control)
             try:
                 if (control.stop.is_set()
                         and prediction.status is not PredictionStatus.SUCCEEDED):
@@ -272,7 +273,7 @@ def _predict(item: BatchItem, key: str, control: BatchControl
                     if ours and not prediction.status.is_terminal:
                         control.cancel_one(prediction.id)
                     raise BatchStopped
-                return _await(prediction, control), expected, ours
+                return _await(prediction, control), expected, ours, fresh
             except PredictionFailed as exc:
                 if not exc.retryable or attempt >= control.item_retries:
                     raise
@@ -299,11 +300,11 @@ def run_batch_item(item: BatchItem, key: str, label: str, control: BatchControl)
         return ItemOutcome(**base, status="skipped_budget", error_type="BudgetExceeded",
                            error=control.budget_refusal)
     try:
-        finished, expected, ours = _predict(item, key, control)
+        finished, expected, ours, fresh = _predict(item, key, control)
         prediction_id = finished.id
         stored = store_outputs.fn(finished, control.destination,
                                   key_prefix=item_prefix(control.prefix, key),
-                                  expected_size=expected)
+                                  expected_size=expected, fresh=fresh)
         outcome = ItemOutcome(
             **base, status="succeeded" if ours else "attached", images=stored,
             prediction_id=finished.id, seconds=time.monotonic() - started,

@@ -8,6 +8,7 @@ and to in-process listeners such as the CLI's progress bar (events `plan`, `item
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections import Counter
@@ -56,6 +57,9 @@ class Progress:
         self._pushed = 0
         self._next_log = 10
         self._failures_logged = 0
+        self._pending: tuple[float, int, dict[str, int]] | None = None
+        self._idle = threading.Event()  # set while no artifact update is on its way
+        self._idle.set()
 
     def start(self) -> None:
         from prefect.artifacts import create_progress_artifact
@@ -94,9 +98,35 @@ class Progress:
             self.log.info("Batch progress: %d of %d items (%.0f%%): %s", finished, self.total,
                           percent, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         if push:
-            self._push(percent, finished, counts)
+            self._push_later(percent, finished, counts)
         notify({"event": "item", "finished": finished, "total": self.total, "counts": counts,
                 "item": outcome.id, "status": outcome.status})
+
+    def _push_later(self, percent: float, finished: int, counts: dict[str, int]) -> None:
+        """Update the artifact from a helper thread, never from the caller's: the batch's
+        driver hands out the next item meanwhile. Updates that pile up while one is on its way
+        collapse into the newest."""
+        with self._lock:
+            self._pending = (percent, finished, counts)
+            if not self._idle.is_set():
+                return
+            self._idle.clear()
+        # In a copy of this context: the run's Prefect client settings go with it.
+        threading.Thread(target=contextvars.copy_context().run, args=(self._drain,),
+                         name="batch-progress", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                job, self._pending = self._pending, None
+                if job is None:
+                    self._idle.set()
+                    return
+            self._push(*job)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the artifact shows the last update (the batch's end)."""
+        self._idle.wait(timeout)
 
     def _push(self, percent: float, finished: int, counts: dict[str, int]) -> None:
         if self._artifact_id is None:
