@@ -26,8 +26,9 @@ from bench.report import machine_facts, render
 RESULTS_JSON = ROOT / "bench" / "results.json"
 LOGS = ROOT / "bench" / "results"
 BACKGROUND = ("fig_api_calls",)
-FOREGROUND = ("fig_orchestration", "fig_scaling", "fig_storage", "fig_cold_start",
-              "fig_sandbox", "fig_loop_lag", "fig_batch", "fig_ledger", "fig_manifest")
+FOREGROUND = ("fig_orchestration", "fig_orchestration_pg", "profile_batch", "fig_scaling",
+              "fig_storage", "fig_cold_start", "fig_sandbox", "fig_loop_lag", "fig_batch",
+              "fig_ledger", "fig_manifest")
 
 _CHILD = ("import json, sys; from bench import {name} as fig; "
           "json.dump(fig.run(), open(sys.argv[1], 'w'), indent=1)")

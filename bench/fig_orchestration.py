@@ -11,6 +11,8 @@ lists, cancels), and the ledger's S3 calls are timed to attribute the overhead.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import traceback
 import uuid
@@ -80,8 +82,12 @@ def _time_ledger() -> dict[str, Any]:
 _API_CALLS = ("creates", "gets", "lists", "cancels")
 
 
-def run() -> dict[str, Any]:
+def run(api_url: str | None = None) -> dict[str, Any]:
+    """The figure on Prefect's test harness (SQLite, the embedded default), or with `api_url`
+    on a running `prefect server` (figure 1 on Postgres: `bench/fig_orchestration_pg.py`)."""
     bench_env()
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # before Prefect reads its settings
     t0 = time.perf_counter()
     import prefect  # noqa: F401
     from prefect.testing.utilities import prefect_test_harness
@@ -105,7 +111,8 @@ def run() -> dict[str, Any]:
         dest = destination(moto.endpoint_url, bucket)
 
         t1 = time.perf_counter()
-        with prefect_test_harness(server_startup_timeout=120):
+        with (contextlib.nullcontext() if api_url
+              else prefect_test_harness(server_startup_timeout=120)):
             out["prefect_startup"] = {"import_prefect_s": round(import_seconds, 2),
                                       "server_start_s": round(time.perf_counter() - t1, 2)}
 

@@ -82,6 +82,10 @@ def _instrument() -> None:
                  "model_problems", "batch_prices"):
         if hasattr(batch_flow, name):
             _wrap(batch_flow, name, f"flow: {name}")
+    _wrap(batch_flow, "_run_local", "flow: _run_local (all items)")
+    _wrap(batch_flow, "flush_pointers", "flow: flush_pointers")
+    _wrap(batch_flow.Progress, "flush", "flow: progress.flush")
+    _wrap(batch_flow.generate_batch, "fn", "flow: body")
     _wrap(batch_flow.Progress, "item_done", "flow: progress.item_done")
     _wrap(batch_flow.Progress, "start", "flow: progress.start")
 

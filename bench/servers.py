@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -107,3 +110,103 @@ class MotoProcess(_Process):
         super().__init__([sys.executable, "-m", "prefect_seedream.sandbox.local_s3", "--port",
                           "{port}"])
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
+
+
+def postgres_bin() -> Path | None:
+    """The directory of Debian's PostgreSQL server binaries, or None when not installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return found[-1].parent if found else None
+
+
+class PostgresProcess:
+    """A throwaway PostgreSQL cluster on a free loopback port, data in a temporary directory,
+    run as the `postgres` system user (initdb refuses root); database `prefect`, trust auth."""
+
+    def __init__(self) -> None:
+        binaries = postgres_bin()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.bin = binaries
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _as_postgres(self, *argv: str) -> list[str]:
+        return (["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv))
+
+    def __enter__(self) -> PostgresProcess:
+        data = self.dir / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        subprocess.run(self._as_postgres(str(self.bin / "initdb"), "-D", str(data), "-U",
+                                         "postgres", "--auth=trust", "-E", "UTF8"),
+                       check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            self._as_postgres(str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
+                              "-h", "127.0.0.1", "-k", str(self.dir), "-c", "max_connections=200",
+                              "-c", "fsync=on"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        for _ in range(100):  # the port opens before the server accepts logins
+            done = subprocess.run(self._as_postgres(
+                str(self.bin / "createdb") if (self.bin / "createdb").exists() else "createdb",
+                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect"),
+                capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"createdb failed: {done.stderr.decode()[-500:]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+class PrefectServerProcess(_Process):
+    """`prefect server start` on a free port, the UI off; on `database_url` (e.g. a
+    `PostgresProcess`'s) or, without one, SQLite in a temporary PREFECT_HOME."""
+
+    def __init__(self, database_url: str | None = None) -> None:
+        super().__init__([sys.executable, "-m", "prefect", "server", "start", "--host",
+                          "127.0.0.1", "--port", "{port}"])
+        self.home = tempfile.mkdtemp(prefix="bench-prefect-")
+        self.database_url = database_url
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+
+    def __enter__(self) -> PrefectServerProcess:
+        env = {**os.environ, "PREFECT_HOME": self.home, "PREFECT_SERVER_UI_ENABLED": "false",
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_LOGGING_SERVER_LEVEL": "WARNING"}
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        env.pop("PREFECT_API_URL", None)
+        self.proc = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env, cwd=self.home)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self.proc.returncode}")
+        raise RuntimeError("prefect server never answered /api/health")
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(None, None, None)
+        shutil.rmtree(self.home, ignore_errors=True)

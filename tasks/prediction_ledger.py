@@ -370,7 +370,7 @@ class Claim:
         if not won:
             retire(self.token)
         self.stray_pointer = not won and pointer is not None
-        if pointer is not None:
+        if pointer is not None and won:
             pointer.result()  # the create is not sent before the run's hooks can find it
         return won
 

@@ -300,9 +300,7 @@ def _put_whole(
         result = client.put_object(
             Bucket=bucket, Key=final_key, Body=buffer,  # type: ignore[arg-type]  # bytearray is fine
             ContentType=content_type, Metadata=metadata, IfNoneMatch="*",
-            # The digest taken while streaming: S3 checks the body against it, and botocore
-            # does not hash the body a second time.
-            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha_hex)).decode(),
+            ChecksumAlgorithm="SHA256",  # S3 answers its SHA-256, compared below
         )
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
