@@ -118,7 +118,7 @@ def postgres_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
-class PostgresProcess:
+class PostgresProcess(_Process):
     """A throwaway PostgreSQL cluster on a free loopback port, data in a temporary directory,
     run as the `postgres` system user (initdb refuses root); database `prefect`, trust auth."""
 
@@ -126,10 +126,9 @@ class PostgresProcess:
         binaries = postgres_bin()
         if binaries is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        super().__init__([])  # a free port; the cluster is started by __enter__
         self.bin = binaries
-        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
 
     def _as_postgres(self, *argv: str) -> list[str]:
@@ -150,8 +149,8 @@ class PostgresProcess:
         wait_port(self.port)
         for _ in range(100):  # the port opens before the server accepts logins
             done = subprocess.run(self._as_postgres(
-                str(self.bin / "createdb") if (self.bin / "createdb").exists() else "createdb",
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect"),
+                str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                "postgres", "prefect"),
                 capture_output=True)
             if done.returncode == 0:
                 break
@@ -160,19 +159,9 @@ class PostgresProcess:
             raise RuntimeError(f"createdb failed: {done.stderr.decode()[-500:]}")
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(None, None, None)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
 
 class PrefectServerProcess(_Process):
