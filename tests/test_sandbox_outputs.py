@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -138,7 +139,14 @@ def test_outputs_of_one_prediction_differ_and_are_cached(seedream_sandbox, seedr
 
     assert first != second
     assert first == again
-    counters = seedream_sandbox.counters()
+    # Bytes are counted once the server has sent them, which may be just after the client has
+    # read them: give the last count a moment to land.
+    want = 2 * len(first) + len(second)
+    for _ in range(50):
+        counters = seedream_sandbox.counters()
+        if counters["download_bytes"] >= want:
+            break
+        time.sleep(0.05)
     assert counters["downloads"] == 3
     assert counters["download_bytes"] == 2 * len(first) + len(second)
     assert counters["per_prediction"][prediction.id]["downloads"] == 3
