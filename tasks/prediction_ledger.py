@@ -263,7 +263,10 @@ class Ledger:
         paths = self._keys(join_key_parts(self.root, run_scope(flow_run_id)))
         client = self.destination.get_client()
         for pointer in self._keys(join_key_parts(self.root, "open", flow_run_id)):
-            body = client.get_object(Bucket=self.destination.bucket, Key=pointer)["Body"]
+            try:
+                body = client.get_object(Bucket=self.destination.bucket, Key=pointer)["Body"]
+            except client.exceptions.NoSuchKey:
+                continue  # closed between the listing and the read: nothing left to cancel
             paths.append(body.read().decode())
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="ledger-read") as pool:
             reads = list(pool.map(self.read, paths))

@@ -481,3 +481,34 @@ def test_the_ledger_lists_every_open_prediction_of_a_big_run(destination: Any) -
     still_open = [r for r in records if ledger.is_open(r)]
     assert len(still_open) == 1001
     assert [r["prediction_id"] for r in still_open if r["prediction_id"]] == ["pred1000"]
+
+
+def test_a_pointer_closed_while_the_crash_hook_reads_does_not_hide_the_others(
+        destination: Any) -> None:
+    """Open pointers are deleted off the items' paths, so one can vanish between the hook's
+    listing and its read: the hook must still see every other open prediction."""
+    import uuid
+
+    from prefect_seedream.tasks import prediction_ledger as ledger
+    from prefect_seedream.tasks.replicate_client.prediction import PredictionStatus
+    from prefect_seedream.tasks.replicate_client.protocol import utcnow
+
+    at = ledger.Ledger(destination, destination.prefix)
+    flow_run_id = str(uuid.uuid4())
+    for i in range(3):
+        mine = ledger.Claim(at, ledger.ITEMS, f"item{i}", run=flow_run_id)
+        assert mine.send(sent_at=utcnow(), match={}, window=90, replace=False)
+        assert mine.created(f"pred{i}", PredictionStatus.STARTING)
+    ledger.flush_pointers()
+    client, gone = destination.get_client(), at.open_path(flow_run_id, ledger.ITEMS, "item1")
+
+    def close_it_first(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key") == gone:  # the item ends just as the hook gets to its pointer
+            client.delete_object(Bucket=destination.bucket, Key=gone)
+
+    client.meta.events.register("before-parameter-build.s3.GetObject", close_it_first)
+    try:
+        records = at.records_of(flow_run_id)
+    finally:
+        client.meta.events.unregister("before-parameter-build.s3.GetObject", close_it_first)
+    assert sorted(r["prediction_id"] for r in records) == ["pred0", "pred2"]
