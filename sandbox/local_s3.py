@@ -2,8 +2,10 @@
 
 moto checks a conditional write's precondition and then writes, with nothing in between held:
 two `PutObject(IfNoneMatch="*")` arriving at once can both succeed, where S3 lets exactly one
-through. The prediction ledger and the spend limit rest on that guarantee, so `S3Server`
-serialises conditional writes (only those: streamed image uploads stay concurrent).
+through. The prediction ledger, the spend limit and the final PUT of every image rest on that
+guarantee, so `S3Server` runs the conditional writes of one key one at a time (writes to other
+keys stay concurrent). moto also ignores `If-None-Match` on `CopyObject`, which S3 honours
+(412 when the key exists); `S3Server` answers it as S3 does.
 """
 
 from __future__ import annotations
@@ -15,23 +17,56 @@ from types import TracebackType
 from typing import Any
 
 _CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
+_STRIPES = 256
+_PRECONDITION_FAILED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code>'
+    b"<Message>At least one of the pre-conditions you specified did not hold</Message>"
+    b"<Condition>If-None-Match</Condition></Error>"
+)
 
 
 class AtomicConditionalWrites:
-    """WSGI middleware: a write carrying `If-Match`/`If-None-Match` runs alone, start to end, as
-    S3 applies it atomically."""
+    """WSGI middleware: a write carrying `If-Match`/`If-None-Match` runs alone among the
+    conditional writes of its key, start to end, as S3 applies it atomically; a copy with
+    `If-None-Match: *` onto an existing key fails with 412, as on S3.
+
+    Keys share one of `_STRIPES` locks by hash, so memory stays bounded however many keys a
+    bench writes; two keys on one stripe only wait for each other."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]):
         self.app = app
-        self.lock = threading.Lock()
+        self.locks = [threading.Lock() for _ in range(_STRIPES)]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and any(
                 environ.get(name) for name in _CONDITIONS):
-            with self.lock:
+            target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"
+            with self.locks[hash(target) % _STRIPES]:
+                if (environ.get("HTTP_X_AMZ_COPY_SOURCE")
+                        and environ.get("HTTP_IF_NONE_MATCH") == "*"
+                        and self._exists(environ)):
+                    start_response("412 Precondition Failed",
+                                   [("Content-Type", "application/xml"),
+                                    ("Content-Length", str(len(_PRECONDITION_FAILED)))])
+                    return [_PRECONDITION_FAILED]
                 return list(self.app(environ, start_response))
         return self.app(environ, start_response)
+
+    def _exists(self, environ: dict[str, Any]) -> bool:
+        """Ask moto itself with a HEAD of the copy's destination (same host, path, auth)."""
+        head = {name: value for name, value in environ.items()
+                if name not in _CONDITIONS and name != "HTTP_X_AMZ_COPY_SOURCE"}
+        head.update({"REQUEST_METHOD": "HEAD", "QUERY_STRING": "", "CONTENT_LENGTH": "0"})
+        statuses: list[str] = []
+
+        def record(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+            statuses.append(status)
+            return lambda _data: None
+
+        for _ in self.app(head, record):
+            pass
+        return bool(statuses) and statuses[0].startswith("200")
 
 
 class S3Server:

@@ -226,7 +226,9 @@ def _attempt(
             sha = upload_then_publish(
                 client, bucket=destination.bucket, temp_key=temp_key, final_key=key,
                 reader=reader, content_type=probe.content_type, finish=finish,
-                exists=lambda: head_metadata(client, destination.bucket, key) is not None,
+                # Asked already (or nothing can be there yet) unless the real type's key differs.
+                exists=lambda: look_first and key != guessed
+                and head_metadata(client, destination.bucket, key) is not None,
             )
     except SourceGone:
         # Expired: an earlier attempt (or run) may have stored it before it did.
@@ -236,7 +238,11 @@ def _attempt(
     if sha is None:  # already there: stored by an earlier attempt, or someone else's object
         if (found := _existing(client, destination, key, prediction.id, index)) is None:
             raise Transient(f"{destination.uri(key)} changed while this output was stored.")
-        return found
+        if thumbs is None or found.preview is not None:
+            return found
+        # The same prediction's same output: the preview this attempt just made is its preview.
+        return _with_preview(client, destination, found, key_prefix, thumbs.preview_base64(),
+                             thumbs.note, settings)
     stored = StoredImage(
         uri=destination.uri(key), bucket=destination.bucket, key=key, sha256=sha,
         size_bytes=probe.size_bytes, width=width, height=height,

@@ -421,6 +421,7 @@ def test_a_new_predictions_output_goes_up_in_one_request_and_never_over_another(
     seen.clear()
     [again] = store(prediction(url, pid="fresh1"), destination, fresh=True)
     assert _stored_fields(again) == _stored_fields(first)
+    assert again.preview == first.preview is not None  # the preview this attempt made
     assert s3_client.head_object(Bucket=destination.bucket, Key=first.key)["ETag"] == etag
 
     seen.clear()
@@ -433,6 +434,29 @@ def test_a_new_predictions_output_goes_up_in_one_request_and_never_over_another(
         store(prediction(url, pid="fresh2"), destination, fresh=True)
     assert s3_client.get_object(Bucket=destination.bucket, Key=key)["Body"].read() == (
         b"someone else's")
+
+
+def test_a_large_output_is_never_copied_over_an_object_that_appeared_meanwhile(
+        files, destination, s3_client, big_jpeg):
+    """Above 5 MiB an output goes up under a temporary key and is copied to its final key: a
+    writer that gets there between the first look and the copy keeps its object."""
+    url = files.add("/big.jpg", body=big_jpeg)
+    key = "seedream/runs/race1/0.jpg"
+
+    def someone_else_first(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key") == key:
+            s3_client.put_object(Bucket=destination.bucket, Key=key, Body=b"someone else's")
+
+    events = destination.get_client().meta.events
+    events.register("before-parameter-build.s3.CopyObject", someone_else_first)
+    try:
+        with pytest.raises(StorageFailed, match="refusing to overwrite"):
+            store(prediction(url, pid="race1"), destination)
+    finally:
+        events.unregister("before-parameter-build.s3.CopyObject", someone_else_first)
+    assert s3_client.get_object(Bucket=destination.bucket, Key=key)["Body"].read() == (
+        b"someone else's")
+    assert keys(s3_client, destination.bucket) == [key]  # no temporary key left either
 
 
 def test_a_foreign_object_under_the_key_is_not_overwritten(files, destination, s3_client):

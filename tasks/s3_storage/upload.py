@@ -6,8 +6,9 @@ chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) int
 that is aborted on any error. Memory per transfer is one part buffer plus one download chunk,
 whatever the image size. An output smaller than one part is checked in that buffer and sent
 with a single PUT straight to its final key; a larger one goes through a temporary key and a
-server-side copy. (boto3's `upload_fileobj` on a non-seekable stream holds the
-threshold read-ahead plus several queued parts, about 3-4x as much; see bench/fig_storage.py.)
+server-side copy. Neither ever replaces an object (`If-None-Match` on the PUT and the copy).
+(boto3's `upload_fileobj` on a non-seekable stream holds the threshold read-ahead plus several
+queued parts, about 3-4x as much; see bench/fig_storage.py.)
 """
 
 from __future__ import annotations
@@ -331,9 +332,10 @@ def upload_then_publish(
     `finish()` checks the image and returns the metadata. An object smaller than `PART_SIZE`
     is already whole in the part buffer, so it is checked there and sent with one `put_object`
     straight to `final_key` (a PUT is all-or-nothing, S3 verifies its SHA-256, and
-    `If-None-Match` makes it fail rather than replace). A larger one first asks `exists()`,
-    then is uploaded to `temp_key`, checked, copied server-side to `final_key` with a
-    full-object SHA-256 (`ChecksumAlgorithm="SHA256"`), and the temporary key is deleted.
+    `If-None-Match` makes it fail rather than replace). A larger one first asks `exists()`
+    (so a re-run uploads nothing), then is uploaded to `temp_key`, checked, copied server-side
+    to `final_key` with a full-object SHA-256 (`ChecksumAlgorithm="SHA256"`) and
+    `If-None-Match` too, and the temporary key is deleted.
     Either way the hash taken while streaming is compared with S3's; on mismatch the final
     object is deleted.
 
@@ -370,8 +372,16 @@ def upload_then_publish(
                 Metadata=metadata,
                 ContentType=content_type,
                 ChecksumAlgorithm="SHA256",
+                IfNoneMatch="*",  # never over a writer that got there between exists() and now
             )
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412:
+                return None
+            if status == 409:
+                raise Transient("S3 copy_object met a concurrent write of the same key.") from None
+            raise classify_s3_error(exc, "copy_object") from None
+        except BotoCoreError as exc:
             raise classify_s3_error(exc, "copy_object") from None
         server_sha = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
         return _checked(client, bucket, final_key, server_sha, sha_hex)
