@@ -9,6 +9,10 @@ fresh Python process that samples its own RSS every 5 ms:
 - `stream-nopreview`: the same with `SEEDREAM_PREVIEWS=false`, so the previews' cost is the
   difference;
 - `naive`: 4 threads that each read an output whole (`httpx.get`) and `put_object` it;
+- `throughput` (figure 4): one warmed process, previews off, interleaving the naive copy, a
+  first attempt (`fresh=True`: a new prediction's outputs, no HEAD first) and a re-attempt
+  (asks S3 before downloading) for several rounds; the ratio is the median of each round's
+  ratio, and the process's CPU per MB is kept beside it (robust to the machine's load);
 - `thumb`: the previewer alone on one 4K output's bytes, fed in the download's chunks (time
   and RSS growth per output).
 
@@ -32,6 +36,8 @@ from bench.servers import MotoProcess, SandboxProcess
 COUNT = 6 if QUICK else 15
 CONCURRENCY = 4
 ROUNDS = 1 if QUICK else 3
+THROUGHPUT_ROUNDS = 3 if QUICK else 9
+LARGE_COUNT = 4 if QUICK else 8
 
 
 def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
@@ -68,6 +74,8 @@ def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
 
     if mode == "thumb":
         return _thumb(http.get(urls[0]).content)
+    if mode == "throughput":
+        return _throughput(urls, dest, naive)
     start = time.perf_counter()
     with RssSampler() as rss:
         if mode.startswith("stream"):
@@ -82,6 +90,54 @@ def child(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
             "seconds": round(seconds, 3), "mb_per_s": round(total / 1e6 / seconds, 2),
             "baseline_rss_mb": round(rss.baseline / 2**20, 1),
             "peak_growth_mb": rss.growth_mb(), "series": rss.series_mb()}
+
+
+def _throughput(urls: list[str], dest: Any, naive: Any) -> dict[str, Any]:
+    """Figure 4 in one warmed process: naive copy, a first attempt (`fresh=True`, what a batch
+    item and a new prediction take) and a re-attempt (asks S3 first), interleaved for
+    `THROUGHPUT_ROUNDS` rounds; wall MB/s and this process's CPU ms per MB for each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.logging import disable_run_logger
+
+    from prefect_seedream.tasks.replicate_client.prediction import Prediction
+    from prefect_seedream.tasks.storage import store_outputs
+
+    def stream(fresh: bool) -> int:
+        prediction = Prediction.from_api({"id": uuid.uuid4().hex[:26], "status": "succeeded",
+                                          "output": urls})
+        with disable_run_logger():
+            stored = store_outputs.fn(prediction, dest, max_concurrency=CONCURRENCY, fresh=fresh)
+        return sum(s.size_bytes for s in stored)
+
+    def copy() -> int:
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+            return sum(pool.map(naive, enumerate(urls)))
+
+    variants = {"naive": copy, "first_attempt": lambda: stream(True),
+                "reattempt": lambda: stream(False)}
+    for measure in variants.values():  # every connection pool at full width before timing
+        measure()
+    mb_s: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_ms_per_mb: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(THROUGHPUT_ROUNDS):
+        for name, measure in variants.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            total = measure()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            mb_s[name].append(round(total / 1e6 / wall, 2))
+            cpu_ms_per_mb[name].append(round(cpu * 1000 / (total / 1e6), 2))
+    return {"mode": "throughput", "rounds": THROUGHPUT_ROUNDS, "mb_s": mb_s,
+            "cpu_ms_per_mb": cpu_ms_per_mb}
+
+
+def _summary(speed: dict[str, Any], image_mb: float) -> dict[str, Any]:
+    mb_s = speed["mb_s"]
+    ratios = [s / n for s, n in zip(mb_s["first_attempt"], mb_s["naive"], strict=True)]
+    return {"image_mb": image_mb, "outputs": LARGE_COUNT,
+            "stream_mb_s": median(mb_s["first_attempt"]), "naive_mb_s": median(mb_s["naive"]),
+            "ratio": round(median(ratios), 3), "round_ratios": [round(r, 3) for r in ratios],
+            "cpu_ms_per_mb": {k: median(v) for k, v in speed["cpu_ms_per_mb"].items()}}
 
 
 def _thumb(body: bytes) -> dict[str, Any]:
@@ -106,7 +162,7 @@ def _thumb(body: bytes) -> dict[str, Any]:
 
 def _spawn(mode: str, endpoint: str, urls: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "SEEDREAM_PREVIEWS": "false" if mode == "stream-nopreview" else "true"}
+           "SEEDREAM_PREVIEWS": "false" if mode in ("stream-nopreview", "throughput") else "true"}
     out = subprocess.run(
         [sys.executable, "-m", "bench.fig_storage", "--child", mode, endpoint, json.dumps(urls)],
         env=env, cwd=str(ROOT), check=True, capture_output=True, text=True, timeout=300)
@@ -128,6 +184,17 @@ def run() -> dict[str, Any]:
             ).json()
             urls = list(prediction["output"])
             sizes = [len(http.get(url).content) for url in urls]  # render once, cached after
+            # Outputs above one 5 MiB part: the multipart path (temporary key, parts that
+            # upload while the next one downloads, server-side copy).
+            sb.configure(noise_sigma=64.0, jpeg_quality=95)
+            large = http.post(
+                "/v1/models/bytedance/seedream-4/predictions", headers={"Prefer": "wait"},
+                json={"input": {"prompt": "storage bench, large", "size": "4K",
+                                "aspect_ratio": "1:1", "max_images": LARGE_COUNT,
+                                "sequential_image_generation": "auto"}},
+            ).json()
+            large_urls = list(large["output"])
+            large_mb = round(len(http.get(large_urls[0]).content) / 1e6, 2)
         modes = ("stream", "stream-nopreview", "naive")
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for _ in range(ROUNDS):
@@ -135,13 +202,19 @@ def run() -> dict[str, Any]:
                 runs[mode].append(_spawn(mode, moto.endpoint_url, urls))
         few = {mode: _spawn(mode, moto.endpoint_url, urls[:5]) for mode in modes}
         thumb = _spawn("thumb", moto.endpoint_url, urls)
+        speed = _spawn("throughput", moto.endpoint_url, urls)
+        speed_large = _spawn("throughput", moto.endpoint_url, large_urls)
 
     def med(mode: str, key: str) -> float:
         return median([r[key] for r in runs[mode]])
 
     # Figure 4 compares the storage path with a raw copy: previews off (their cost is its own
     # row, 4b); figure 3's memory is the default's, previews on.
-    stream_mbps, naive_mbps = med("stream-nopreview", "mb_per_s"), med("naive", "mb_per_s")
+    mb_s = speed["mb_s"]
+    stream_mbps, naive_mbps = median(mb_s["first_attempt"]), median(mb_s["naive"])
+    # Each round's ratio (its runs are neighbours in time, so they saw the same load).
+    ratios = [s / n for s, n in zip(mb_s["first_attempt"], mb_s["naive"], strict=True)]
+    reattempt = [s / n for s, n in zip(mb_s["reattempt"], mb_s["naive"], strict=True)]
     stream_mem, naive_mem = med("stream", "peak_growth_mb"), med("naive", "peak_growth_mb")
     from prefect_seedream.tasks.s3_storage.upload import DOWNLOAD_CHUNK, PART_SIZE
 
@@ -164,10 +237,17 @@ def run() -> dict[str, Any]:
         "total_mb": round(sum(sizes) / 1e6, 1),
         "part_size_mb": round(PART_SIZE / 2**20, 2), "download_chunk_kb": DOWNLOAD_CHUNK // 1024,
         "throughput": {"stream_mb_s": stream_mbps, "naive_mb_s": naive_mbps,
-                       "ratio": round(stream_mbps / naive_mbps, 3),
-                       "stream_runs": [r["mb_per_s"] for r in runs["stream-nopreview"]],
-                       "with_previews_mb_s": med("stream", "mb_per_s"),
-                       "naive_runs": [r["mb_per_s"] for r in runs["naive"]]},
+                       "ratio": round(median(ratios), 3),
+                       "round_ratios": [round(r, 3) for r in ratios],
+                       "reattempt_mb_s": median(mb_s["reattempt"]),
+                       "reattempt_ratio": round(median(reattempt), 3),
+                       "cpu_ms_per_mb": {k: median(v) for k, v in
+                                         speed["cpu_ms_per_mb"].items()},
+                       "rounds": speed["rounds"], "runs": mb_s,
+                       "large": _summary(speed_large, large_mb),
+                       "spawned_stream_mb_s": med("stream-nopreview", "mb_per_s"),
+                       "spawned_naive_mb_s": med("naive", "mb_per_s"),
+                       "with_previews_mb_s": med("stream", "mb_per_s")},
         "memory": {"stream_growth_mb": stream_mem, "naive_growth_mb": naive_mem,
                    "ratio": round(stream_mem / naive_mem, 3) if naive_mem else None,
                    "stream_runs": [r["peak_growth_mb"] for r in runs["stream"]],

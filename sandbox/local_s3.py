@@ -5,11 +5,15 @@ two `PutObject(IfNoneMatch="*")` arriving at once can both succeed, where S3 let
 through. The prediction ledger, the spend limit and the final PUT of every image rest on that
 guarantee, so `S3Server` runs the conditional writes of one key one at a time (writes to other
 keys stay concurrent). moto also ignores `If-None-Match` on `CopyObject`, which S3 honours
-(412 when the key exists); `S3Server` answers it as S3 does.
+(412 when the key exists), and stores a PUT whatever `x-amz-checksum-sha256` it names, where S3
+refuses a body that does not match (400 BadDigest); `S3Server` answers both as S3 does.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -24,11 +28,29 @@ _PRECONDITION_FAILED = (
     b"<Condition>If-None-Match</Condition></Error>"
 )
 
+_BAD_DIGEST = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
+    b"<Message>The SHA256 you specified did not match the calculated checksum.</Message></Error>"
+)
+
+
+def _bad_digest_checked(environ: dict[str, Any]) -> bool:
+    """Whether a PUT's body matches the `x-amz-checksum-sha256` it names, as S3 checks (moto
+    stores whatever it is told). The body is read here and handed on to moto unchanged."""
+    if "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", ""):
+        return True  # the checksum is a trailer of the chunked body; moto reads it there
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    return bool(digest == environ["HTTP_X_AMZ_CHECKSUM_SHA256"])
+
 
 class AtomicConditionalWrites:
     """WSGI middleware: a write carrying `If-Match`/`If-None-Match` runs alone among the
     conditional writes of its key, start to end, as S3 applies it atomically; a copy with
-    `If-None-Match: *` onto an existing key fails with 412, as on S3.
+    `If-None-Match: *` onto an existing key fails with 412, as on S3; a PUT whose body does not
+    match its `x-amz-checksum-sha256` fails with 400 BadDigest, as on S3.
 
     Keys share one of `_STRIPES` locks by hash, so memory stays bounded however many keys a
     bench writes; two keys on one stripe only wait for each other."""
@@ -39,6 +61,11 @@ class AtomicConditionalWrites:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
+        if (environ.get("REQUEST_METHOD") == "PUT" and environ.get("HTTP_X_AMZ_CHECKSUM_SHA256")
+                and not _bad_digest_checked(environ)):
+            start_response("400 Bad Request", [("Content-Type", "application/xml"),
+                                               ("Content-Length", str(len(_BAD_DIGEST)))])
+            return [_BAD_DIGEST]
         if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and any(
                 environ.get(name) for name in _CONDITIONS):
             target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"

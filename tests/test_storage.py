@@ -267,6 +267,46 @@ def test_s3_holds_full_object_sha256_checksum_for_multipart_uploads(files, desti
     assert head["ContentLength"] == len(big_jpeg)
 
 
+def test_an_output_of_several_parts_is_stored_byte_for_byte_in_order(files, destination,
+                                                                     s3_client):
+    # Three parts: each uploads while the next downloads, and S3 must join them in order.
+    huge = make_image(4200, 3000, noise=True)
+    assert len(huge) > 2 * 5 * 1024 * 1024
+    url = files.add("/huge.jpg", body=huge)
+    [stored] = store(prediction(url), destination)
+    body = s3_client.get_object(Bucket=destination.bucket, Key=stored.key)["Body"].read()
+    assert body == huge
+    assert stored.sha256 == hashlib.sha256(huge).hexdigest()
+    assert keys(s3_client, destination.bucket) == [stored.key]
+    assert s3_client.list_multipart_uploads(Bucket=destination.bucket).get("Uploads", []) == []
+
+
+def test_bytes_changed_on_the_way_to_s3_are_refused_there_and_sent_again(files, destination,
+                                                                        s3_client):
+    """The PUT names the SHA-256 taken while downloading; S3 (here the local S3, which checks
+    it as S3 does) refuses a body that does not match, and the output is sent again whole."""
+    image = make_image(300, 200, noise=True)
+    url = files.add("/a.jpg", body=image)
+    corrupted: list[int] = []
+
+    def flip_a_byte(request: Any, **_: Any) -> None:
+        if not corrupted and request.body:
+            body = bytearray(request.body)
+            body[len(body) // 2] ^= 0xFF
+            request.body = bytes(body)
+            corrupted.append(len(body))
+
+    events = destination.get_client().meta.events
+    events.register("before-send.s3.PutObject", flip_a_byte)
+    try:
+        [stored] = store(prediction(url), destination, fresh=True)
+    finally:
+        events.unregister("before-send.s3.PutObject", flip_a_byte)
+    assert corrupted  # the first PUT really carried other bytes
+    body = s3_client.get_object(Bucket=destination.bucket, Key=stored.key)["Body"].read()
+    assert body == image and stored.sha256 == hashlib.sha256(image).hexdigest()
+
+
 def test_no_authorization_header_reaches_the_file_host(files, destination, monkeypatch):
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_should_never_travel")
     url = files.add("/a.jpg", body=make_image())

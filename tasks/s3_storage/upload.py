@@ -3,12 +3,13 @@
 The one place in the plugin that talks to S3 while storing outputs. A source is read chunk by
 chunk (httpx `stream()` for https/http, incremental base64 for `data:` URIs) into one reusable
 5 MiB part buffer per transfer and sent with `put_object` (small files) or a multipart upload
-that is aborted on any error. Memory per transfer is one part buffer plus one download chunk,
-whatever the image size. An output smaller than one part is checked in that buffer and sent
-with a single PUT straight to its final key; a larger one goes through a temporary key and a
-server-side copy. Neither ever replaces an object (`If-None-Match` on the PUT and the copy).
-(boto3's `upload_fileobj` on a non-seekable stream holds the threshold read-ahead plus several
-queued parts, about 3-4x as much; see bench/fig_storage.py.)
+that is aborted on any error. Memory per transfer is one part buffer plus one download chunk
+(two part buffers for a multipart upload, whose next part downloads while the current one
+uploads), whatever the image size. An output smaller than one part is checked in that buffer
+and sent with a single PUT straight to its final key; a larger one goes through a temporary
+key and a server-side copy. Neither ever replaces an object (`If-None-Match` on the PUT and
+the copy). (boto3's `upload_fileobj` on a non-seekable stream holds the threshold read-ahead
+plus several queued parts, about 3-4x as much; see bench/fig_storage.py.)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import os
 import ssl
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -40,7 +42,9 @@ DOWNLOAD_CHUNK = 256 * 1024
 PART_SIZE = 5 * 1024 * 1024
 _RETRYABLE_S3_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "RequestTimeout",
-     "RequestTimeTooSkewed", "503", "500", "502", "504"}
+     "RequestTimeTooSkewed", "503", "500", "502", "504",
+     # What S3 received is not what was hashed while downloading: download and send again.
+     "BadDigest"}
 )
 
 
@@ -222,16 +226,33 @@ def upload_stream(client: S3Client, bucket: str, key: str, reader: HashingReader
         return
     upload_id = client.create_multipart_upload(ContentType=content_type, **common,
                                                **extra)["UploadId"]
+
+    def send(number: int, body: bytes | bytearray) -> dict[str, Any]:
+        part = client.upload_part(  # a bytearray body is fine; the stubs are too narrow
+            UploadId=upload_id, PartNumber=number, Body=body, **common  # type: ignore[arg-type]
+        )
+        return {"PartNumber": number, "ETag": part["ETag"],
+                "ChecksumSHA256": part.get("ChecksumSHA256", "")}
+
     try:
         parts: list[dict[str, Any]] = []
-        while size:
-            body = buffer if size == PART_SIZE else bytes(buffer[:size])
-            part = client.upload_part(  # a bytearray body is fine; the stubs are too narrow
-                UploadId=upload_id, PartNumber=len(parts) + 1, Body=body, **common  # type: ignore[arg-type]
-            )
-            parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"],
-                          "ChecksumSHA256": part.get("ChecksumSHA256", "")})
-            size = reader.readinto(buffer)
+        # Two part buffers: one part goes up on the sender thread while the next one downloads
+        # into the other buffer, so download and upload overlap; memory stays two parts.
+        buffers = (buffer, bytearray(PART_SIZE))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part") as sender:
+            in_flight: Future[dict[str, Any]] | None = None
+            current = number = 0
+            while size:
+                filled = buffers[current]
+                body = filled if size == PART_SIZE else bytes(filled[:size])
+                if in_flight is not None:
+                    parts.append(in_flight.result())
+                number += 1
+                in_flight = sender.submit(send, number, body)
+                current ^= 1  # the other buffer is free: the part in it was sent above
+                size = reader.readinto(buffers[current])
+            if in_flight is not None:
+                parts.append(in_flight.result())
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                          MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
     except BaseException:
@@ -301,7 +322,10 @@ def _put_whole(
         result = client.put_object(
             Bucket=bucket, Key=final_key, Body=buffer,  # type: ignore[arg-type]  # bytearray is fine
             ContentType=content_type, Metadata=metadata, IfNoneMatch="*",
-            ChecksumAlgorithm="SHA256",  # S3 answers its SHA-256, compared below
+            # The SHA-256 taken while downloading: S3 recomputes it over what it received and
+            # refuses the PUT (400 BadDigest, retried) unless they agree, so botocore need not
+            # hash the body a second time.
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha_hex)).decode(),
         )
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
