@@ -27,8 +27,8 @@ RESULTS_JSON = ROOT / "bench" / "results.json"
 LOGS = ROOT / "bench" / "results"
 BACKGROUND = ("fig_api_calls",)
 FOREGROUND = ("fig_orchestration", "fig_orchestration_pg", "profile_batch", "fig_scaling",
-              "fig_storage", "fig_cold_start", "fig_sandbox", "fig_loop_lag", "fig_batch",
-              "fig_ledger", "fig_manifest")
+              "fig_throughput_large", "fig_storage", "fig_cold_start", "fig_sandbox",
+              "fig_loop_lag", "fig_batch", "fig_ledger", "fig_manifest")
 
 _CHILD = ("import json, sys; from bench import {name} as fig; "
           "json.dump(fig.run(), open(sys.argv[1], 'w'), indent=1)")
@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     background = [(n, *_start(n)) for n in BACKGROUND if n in wanted]
+    commit = machine_facts()["git_commit"]
     for name in FOREGROUND:
         if name in wanted:
-            figures[name] = _finish(name, *_start(name))
+            figures[name] = {**_finish(name, *_start(name)), "measured_at_commit": commit}
     for name, proc, out, start in background:
-        figures[name] = _finish(name, proc, out, start)
+        figures[name] = {**_finish(name, proc, out, start), "measured_at_commit": commit}
     total = round(time.perf_counter() - started, 1)
     command = "make bench" if os.environ.get("MAKELEVEL") else "python -m bench" + (
         f" --only {args.only}" if args.only else "")

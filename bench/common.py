@@ -120,7 +120,11 @@ def interleave(variants: dict[str, Callable[[int], Any]], rounds: int) -> dict[s
 def replicate_client(base_url: str, token: str) -> Any:
     import replicate
 
-    return replicate.Client(api_token=token, base_url=base_url)
+    client = replicate.Client(api_token=token, base_url=base_url)
+    # Built now: replicate builds its httpx client lazily without a lock, so 256 threads making
+    # their first request at once each build one and close the others' connections under them.
+    _ = client._client
+    return client
 
 
 def s3_client(endpoint: str) -> Any:

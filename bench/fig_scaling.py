@@ -37,7 +37,15 @@ def count_for(concurrency: int) -> int:
 
 
 def run() -> dict[str, Any]:
+    return measure([(c, count_for(c)) for c in LEVELS])
+
+
+def measure(levels: list[tuple[int, int]], api_url: str | None = None) -> dict[str, Any]:
+    """Each (concurrency, predictions) level through both paths, naive first; on the SQLite
+    test harness, or on the Prefect server at `api_url` (figure 5b's Postgres run)."""
     bench_env()
+    import contextlib
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
@@ -51,12 +59,15 @@ def run() -> dict[str, Any]:
         bucket = "bench-fig5"
         s3 = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing",
-                          config=Config(max_pool_connections=max(LEVELS)))
+                          config=Config(max_pool_connections=max(c for c, _ in levels)))
         s3.create_bucket(Bucket=bucket)
         client = replicate_client(sb.base_url, sb.api_token)
         creds = credentials(sb.base_url, sb.api_token)
         dest = destination(moto.endpoint_url, bucket)
-        with prefect_test_harness(server_startup_timeout=120):
+        if api_url:
+            os.environ["PREFECT_API_URL"] = api_url
+        with (contextlib.nullcontext() if api_url
+              else prefect_test_harness(server_startup_timeout=120)):
             use_batch = prefect_paths.batch_available()
             try:
                 if use_batch:
@@ -84,19 +95,27 @@ def run() -> dict[str, Any]:
                 else:
                     prefect_paths.run_agen(prompts("agen", n), creds, dest, c)
 
-            for c in LEVELS:
-                n = count_for(c)
+            for c, n in levels:
                 level: dict[str, Any] = {"n": n, "ideal_per_min": round(c / LATENCY * 60, 1)}
                 for name, fn in (("naive", naive), ("prefect", prefect)):
                     before = process_cpu()
                     start = time.perf_counter()
-                    with CpuBusy() as busy:
-                        fn(c, n)
+                    try:
+                        with CpuBusy() as busy:
+                            fn(c, n)
+                    except Exception as exc:  # one broken level must not sink the others
+                        level[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                        continue
                     wall = time.perf_counter() - start
                     level[name] = {"wall_s": round(wall, 2),
                                    "per_min": round(n / wall * 60, 1),
                                    "machine_cpu_busy": busy.share,
                                    "cpu_s": cpu_delta(before, process_cpu())}
+                if "error" in level["prefect"] or "error" in level["naive"]:
+                    out.setdefault("errors", {})[str(c)] = {
+                        side: level[side]["error"] for side in ("naive", "prefect")
+                        if "error" in level[side]}
+                    continue
                 level["ratio"] = round(level["prefect"]["per_min"] / level["naive"]["per_min"], 3)
                 out["levels"][str(c)] = level
     return out

@@ -186,6 +186,8 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             f"{level['prefect']['per_min']:g}/min", f"{level['naive']['per_min']:g}/min",
             f"{level['ratio']:.2f}x", "scales like the baseline (reported)", None, "fig5")
 
+    _large_rows(figs.get("fig_throughput_large", {}), add)
+
     fe = figs.get("fig_manifest", {})
     if fe.get("ours_peak_mb") is not None:
         add(f"(e) Checking a {fe['rows']:,}-row manifest ({fe['file_mb']} MB JSONL) before any "
@@ -356,6 +358,39 @@ def _plots(results: dict[str, Any]) -> list[str]:
     return made
 
 
+def _large_rows(f: dict[str, Any], add: Any) -> None:
+    """Figure 1d: `generate_batch` at 1,000 / 64 and 2,000 / 256 vs the script, per database."""
+    if not f:
+        return
+    for db, label in (("sqlite", "SQLite test harness"), ("postgres", "Postgres server")):
+        result = f.get(db, {})
+        if "skipped" in result or "levels" not in result:
+            add(f"1d. Throughput at scale ({label})", result.get("skipped", "error"), "-", "-",
+                ">= 0.9x", None, "fig1d")
+            continue
+        for c, errors in result.get("errors", {}).items():
+            add(f"1d. Throughput at {c} in flight ({label})", "failed: " + "; ".join(
+                f"{side}: {error}" for side, error in errors.items()), "-", "-", ">= 0.9x",
+                None, "fig1d")
+        for c, level in result["levels"].items():
+            p, n = level["prefect"], level["naive"]
+            cpu = p["cpu_s"]
+            add(f"1d. Throughput, {level['n']:,} predictions at {c} in flight, "
+                f"{f['latency_s']:g} s latency ({label}; ideal {level['ideal_per_min']:g}/min)",
+                f"{p['per_min']:g}/min (CPU s: client {cpu.get('client', '-')}, "
+                f"Prefect server {cpu.get('prefect_server', '-')})",
+                f"{n['per_min']:g}/min (naive script, {c} threads)", f"{level['ratio']:.2f}x",
+                ">= 0.9x", level["ratio"] >= 0.9, "fig1d")
+
+
+def _stale_note(figs: dict[str, Any], commit: str | None) -> str:
+    """Name the figures an earlier run measured (a `--only` run keeps the others' results)."""
+    older = sorted(f"{name} ({fig.get('measured_at_commit', 'an earlier commit')})"
+                   for name, fig in figs.items()
+                   if isinstance(fig, dict) and fig.get("measured_at_commit") != commit)
+    return f" Figures kept from earlier runs: {', '.join(older)}." if older else ""
+
+
 def render(results: dict[str, Any]) -> None:
     from bench.analysis import analysis_for
 
@@ -374,9 +409,11 @@ def render(results: dict[str, Any]) -> None:
         "(A, B, A, B, ...), against the sandbox (`sandbox/`) and moto's S3 server over loopback. "
         "Nothing here is a test assertion.",
         "",
-        f"- Reproduce: `{results.get('command', 'python -m bench')}` (all figures; "
-        f"took {results.get('total_seconds', 0):.0f} s). One figure: "
-        "`python -m bench --only fig_storage`; re-render: `python -m bench --render-only`.",
+        "- Reproduce: `make bench` (installs PostgreSQL from the system packages when it can, "
+        "then every figure). One figure: `python -m bench --only fig_storage`; re-render: "
+        "`python -m bench --render-only`.",
+        f"- Last run: `{results.get('command', 'python -m bench')}`, "
+        f"{results.get('total_seconds', 0):.0f} s.{_stale_note(figs, m.get('git_commit'))}",
         f"- Generated {results.get('generated_at', '?')} at commit {m.get('git_commit', '?')}"
         " (plus the working tree).",
         f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory_gb')} GB RAM, "
