@@ -55,13 +55,23 @@ def _timeout(request: ApiRequest) -> httpx.Timeout | None:
     return httpx.Timeout(10.0, read=request.read_timeout)
 
 
+#: Connections per client: room for several hundred creates held open in sync mode at once.
+POOL_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+
+
 def _bare(http: Any) -> Any:
     """An httpx client like `http` (base URL, token, user agent, timeouts) without the
     `replicate` client's `RetryTransport`, which retries GETs on 429/503/504 and transport
     errors up to 10 times out of our sight: our protocol's retry counts and deadlines must be
-    the only ones."""
+    the only ones.
+
+    Its pool is sized for sync mode: each create holds its connection open until the
+    prediction ends (up to 60 s), so httpx's default of 100 connections capped one process at
+    100 predictions in flight (300 creates/min at 20 s latency, half Replicate's limit).
+    The callers (`max_in_flight`, the global rate limit) bound how many are open."""
     kind = httpx.AsyncClient if isinstance(http, httpx.AsyncClient) else httpx.Client
-    return kind(base_url=http.base_url, headers=http.headers, timeout=http.timeout)
+    return kind(base_url=http.base_url, headers=http.headers, timeout=http.timeout,
+                limits=POOL_LIMITS)
 
 
 class ReplicateApi:
