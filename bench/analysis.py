@@ -38,33 +38,48 @@ def _fig1(f: dict[str, Any], pg: dict[str, Any], prof: dict[str, Any]) -> list[s
             f"- `store_outputs` (GET from the sandbox, checks, preview, one PUT): "
             f"{ms('item: store_outputs')}; `result.json`, the item's done marker: "
             f"{ms('item: result.json')}",
-            f"- between an item's end and the next item's start (task run end and start): "
-            f"{prof['slot_gap_s']['mean'] * 1000:.0f} ms",
+            f"- between a prediction slot freeing and the next item taking it: "
+            f"{prof['slot_gap_s']['mean'] * 1000:.0f} ms (the next item's task run is already "
+            "started and waiting for the slot)",
             f"- once per run: {prof['before_first_item_s']:.2f} s before the first item "
             f"(manifest, keys, listing what is done), {prof['after_last_item_s']:.2f} s after the "
-            f"last (results manifest, table and gallery artifacts), and "
+            f"last (results manifest, table and gallery artifacts, the flow run's end), and "
             f"{prof['wall_s'] - body:.2f} s in Prefect's flow engine outside the flow's body "
             "(creating the flow run, its states and result)",
             "",
         ]
+    empty = f.get("empty_flow_s")
+    if empty is not None:
+        lines += [
+            f"An empty `@flow` on the same server, interleaved with these runs, took "
+            f"{empty:.2f} s (row 1e): that much of every flow run is Prefect's own. Most of it "
+            "is the flow engine's heartbeat thread (`prefect.flow_engine._send_heartbeats`, on "
+            "by default every 180 s to detect crashed runs): it sleeps in `time.sleep(1)` steps "
+            "and the engine joins it when the run ends, so a flow run lasts a whole number of "
+            "seconds from the thread's start, plus its states: up to 1 s per run. With that "
+            "thread off (row 1f, a diagnosis interleaved with the rest) the batch took "
+            f"{f['ratios'].get('no_heartbeat', float('nan')):.2f}x the script.",
+            "",
+        ]
     lines += [
-        "Cut this session, each measured by this figure (1.41x before): a TLS context built per "
-        "`store_outputs` call (72 ms of CPU per item; now one per process), the progress "
-        "artifact's API call on the thread that hands out the next item (40 ms per item; now a "
-        "helper thread), a HEAD before each output of a prediction made moments ago (now one "
-        "conditional PUT), the open pointer written after the claim and deleted on the item's "
-        "path (now beside the claim, and removed off the path), and the sandbox rendering a "
-        "JPEG per output on the same 2 cores (its bench mode serves one per size).",
+        "Cut so far, each measured by this figure (1.41x, then 1.24x before the last cut): a TLS "
+        "context built per `store_outputs` call, the progress artifact's API call on the thread "
+        "that hands out the next item, a HEAD before each output of a prediction made moments "
+        "ago, the open pointer written after the claim, the sandbox rendering a JPEG per output "
+        "on the same 2 cores, and last the item as the unit of `max_in_flight`: a slot is now "
+        "a prediction's, from its create to its end, so storing an item's images, writing its "
+        "`result.json` and Prefect's task-run states no longer hold the next prediction back "
+        "(the items storing run beside the ones predicting, as many again at most).",
         "",
         "What would move the rest:",
-        "1. Three S3 writes stay on each item's path, each 25-40 ms on moto under this load "
-        "(one Python process on the 2 cores the client shares): the claim, the prediction id "
-        "and `result.json`. Folding the id into `result.json` for predictions that end inside "
-        "the sync window saves one, but a crash between the two would then be settled by "
-        "listing Replicate's predictions instead of by the id: the rules of \"Paid once by "
-        "construction\" keep it for now.",
-        "2. The flow engine's fixed cost and the task run per item are Prefect's; they are "
-        "amortised over larger batches (figure 5) rather than removable here.",
+        "1. Prefect's per-run cost (row 1e): the heartbeat thread waiting on an event "
+        "(`stop_event.wait(1)`) instead of `time.sleep(1)` would end the join at once; that is "
+        "a change in Prefect, not here (turning heartbeats off would blind Prefect's detection "
+        "of crashed runs, the zombie-flow automations users set up).",
+        "2. The claim before each create stays on the prediction's path (a conditional PUT, "
+        "its open pointer beside it: ~50-60 ms on moto under this load). It is the price of "
+        "\"Paid once by construction\": a claim taken earlier, while waiting for a slot, would "
+        "make its claim window run out before the create is sent.",
         "3. Re-measure against MinIO, so single-process moto is not what is measured.",
         "",
     ]

@@ -24,6 +24,24 @@ from prefect_seedream.tasks.seedream_input import SeedreamInput
 from prefect_seedream.tasks.storage_async import astore_outputs
 
 
+@flow(name="bench-empty")
+def empty_flow() -> None:
+    """A flow run that does nothing: what Prefect's engine costs per flow run on its own."""
+
+
+def run_empty() -> None:
+    empty_flow()
+
+
+def run_batch_without_heartbeat(*args: Any, **kwargs: Any) -> int:
+    """`run_batch` with the flow engine's heartbeat thread off: a diagnosis of what that
+    thread's join costs a run, never the shipped default (heartbeats detect crashed runs)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return run_batch(*args, **kwargs)
+
+
 def batch_available() -> bool:
     try:
         from prefect_seedream.flows.batch.flow import generate_batch  # noqa: F401

@@ -5,7 +5,7 @@
 Runs the shipped flow once (after a warm-up) against the bench's sandbox and S3 server on a
 Prefect test server, timing (never changing) the functions each item calls, and prints: the
 flow's time before the first item starts and after the last ends, each phase's total and mean
-per item, and the gap between an item's slot freeing and the next item starting.
+per item, and the gap between a prediction slot freeing and the next item taking it.
 """
 
 from __future__ import annotations
@@ -77,6 +77,25 @@ def _instrument() -> None:
                 _events.append(("end", time.perf_counter()))
 
     items.run_batch_item.fn = body
+
+    def slot_of(control: Any) -> Any:  # when each prediction slot is taken and given back
+        taken = original_slot(control)
+
+        class Timed:
+            def __enter__(self) -> None:
+                taken.__enter__()
+                with _lock:
+                    _events.append(("slot", time.perf_counter()))
+
+            def __exit__(self, *exc: Any) -> Any:
+                with _lock:
+                    _events.append(("free", time.perf_counter()))
+                return taken.__exit__(*exc)
+
+        return Timed()
+
+    original_slot = items.BatchControl.prediction_slot
+    items.BatchControl.prediction_slot = slot_of
     for name in ("find_done", "load_manifest", "source_digests", "check_bucket", "write_jsonl",
                  "publish_table", "publish_spend", "publish_gallery", "_already_done",
                  "model_problems", "batch_prices"):
@@ -117,8 +136,10 @@ def run(n: int = 40, concurrency: int = 10, latency: float = 2.0) -> dict[str, A
         wall = once("timed", n)
     starts = sorted(t for kind, t in _events if kind == "start")
     ends = sorted(t for kind, t in _events if kind == "end")
-    # Each start after the first `concurrency` follows the slot freed by some earlier end.
-    gaps = [s - e for s, e in zip(starts[concurrency:], ends, strict=False)]
+    # Each prediction slot taken after the first `concurrency` follows one freed earlier.
+    taken = sorted(t for kind, t in _events if kind == "slot")
+    freed = sorted(t for kind, t in _events if kind == "free")
+    gaps = [s - e for s, e in zip(taken[concurrency:], freed, strict=False)]
     return {
         "n": n, "concurrency": concurrency, "latency_s": latency, "wall_s": round(wall, 2),
         "ideal_s": -(-n // concurrency) * latency,

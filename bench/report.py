@@ -79,6 +79,18 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                 f"cancels; {f1['latency_s']:g} s predictions end inside the sync window)",
                 f"{rq['prefect']:g}", f"{rq.get('naive', 0):g} (naive script: "
                 "`replicate.run` polls)", "-", "<= 1.5", rq["prefect"] <= 1.5, "fig1")
+        if "empty_flow_s" in f1:
+            add("1e. Prefect's fixed cost of one flow run: an empty `@flow` on the same server, "
+                "interleaved with figure 1 (creating the run, its states, and joining the "
+                "engine's heartbeat thread, which sleeps in 1 s steps)",
+                f"{f1['empty_flow_s']:.2f} s", "0 s (no flow run)", "-", "reported", None,
+                "fig1")
+        if "no_heartbeat" in f1["ratios"]:
+            nohb = sorted(_get(f1, "wall_s", "no_heartbeat"))
+            add("1f. Figure 1 with the flow engine's heartbeat thread off (diagnosis, "
+                "interleaved: `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` unset; the default keeps it)",
+                f"{nohb[len(nohb) // 2]:.1f} s", f"{f1['naive_s']:.1f} s",
+                f"{f1['ratios']['no_heartbeat']:.2f}x", "reported", None, "fig1")
         st = f1.get("prefect_startup", {})
         add("1b. Prefect start-up (separate): API server start + `import prefect`",
             f"{st.get('server_start_s', 0):.1f} s + {st.get('import_prefect_s', 0):.1f} s",

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(edit)
     batch = commands.add_parser("batch", help="generate/edit every row of a JSONL or CSV manifest")
     batch.add_argument("manifest", help="a .jsonl or .csv file, or an s3:// URI")
-    batch.add_argument("--max-in-flight", type=int, default=16)
+    batch.add_argument("--max-in-flight", type=int, default=16,
+                       help="most predictions running at once (default 16)")
     batch.add_argument("--price", type=float,
                        help="USD per output image (default: the model's, $0.03 for Seedream 4)")
     batch.add_argument("--max-images-total", type=int, help="stop submitting past this many")

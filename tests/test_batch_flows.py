@@ -419,6 +419,45 @@ def test_a_global_concurrency_limit_bounds_predictions_in_flight(
     assert 1 <= peak[0] <= 2
 
 
+def test_max_in_flight_bounds_predictions_and_storing_does_not_hold_the_next_one_back(
+    credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
+    s3_client: Any, bucket: str,
+) -> None:
+    """Two slots, four items, downloads slower than the predictions: never more than two
+    predictions run at once, and the third starts before either of the first two has its
+    image in S3 (storing overlaps the next prediction instead of holding its slot)."""
+    seedream_sandbox.configure(run_seconds=0.5)
+    seedream_sandbox.faults.slow_downloads(60_000)  # a 1K output takes seconds to download
+    peak, stored_when_third_began = [0], [-1]
+    stop = threading.Event()
+
+    def images_in_s3() -> int:
+        listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="cat/batch/")
+        return sum(1 for o in listing.get("Contents", []) if o["Key"].endswith(".jpg"))
+
+    def sample() -> None:
+        while not stop.is_set():
+            predictions = seedream_sandbox.predictions()
+            peak[0] = max(peak[0], sum(p["status"] in ("starting", "processing")
+                                       for p in predictions))
+            if len(predictions) >= 3 and stored_when_third_began[0] < 0:
+                stored_when_third_began[0] = images_in_s3()
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run(prompts(4), credentials, destination, max_in_flight=2)
+    finally:
+        stop.set()
+        sampler.join()
+    assert [i.status for i in result.items] == ["succeeded"] * 4
+    assert len(seedream_sandbox.predictions()) == 4
+    assert 1 <= peak[0] <= 2
+    assert stored_when_third_began[0] == 0
+    assert images_in_s3() == 4
+
+
 def test_a_missing_concurrency_limit_is_refused_before_any_request(
     credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
 ) -> None:

@@ -6,8 +6,9 @@ The shape of a run:
 2. Key each item (hash of its normalised input and its sources' bytes) and list what S3 already
    holds: done items are skipped, so a re-run creates only what is missing.
 3. Apply the budget cap to the rest (worst case: `max_images` per item x price), log the estimate.
-4. Run the items, at most `max_in_flight` at a time, one Prefect task run each, on a thread pool;
-   or hand shards of them to a deployment (`shards`, `deployment`), one child flow run each.
+4. Run the items, one Prefect task run each, on a thread pool: at most `max_in_flight`
+   predictions at a time, while the items whose predictions ended store their images; or hand
+   shards of them to a deployment (`shards`, `deployment`), one child flow run each.
 5. Write the results manifest (JSONL), the final table and the gallery (previews) artifacts;
    end Completed, or Failed with "N of M items failed" and the whole result attached.
 """
@@ -58,22 +59,31 @@ if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
 
 
+#: Item task runs alive per prediction slot: one predicting, one storing or next in line.
+ITEMS_PER_SLOT = 2
+
+
 def _run_local(
     items: list[tuple[BatchItem, str]], control: BatchControl, *, max_in_flight: int,
     progress: Progress,
 ) -> list[ItemOutcome]:
-    """Run items on a thread pool, never more than `max_in_flight` task runs alive at once.
+    """Run items on a thread pool: never more than `max_in_flight` predictions at once (the
+    control's slots), and as many item task runs again, each storing the images of a
+    prediction that ended or started and waiting for the next free slot. A prediction that
+    ends hands its slot straight to a waiting item, so storing and Prefect's own work for an
+    item never hold a prediction back (figure 1 in BENCHMARKS.md).
 
     Any way out other than finishing (Ctrl-C, a runner's cancellation, a crash) stops
     submitting and cancels every prediction still running before it propagates.
     """
     outcomes: list[ItemOutcome] = []
     runner: ThreadPoolTaskRunner[Any]
-    with ThreadPoolTaskRunner(max_workers=max_in_flight) as runner:
+    alive = ITEMS_PER_SLOT * max_in_flight
+    with ThreadPoolTaskRunner(max_workers=alive) as runner:
         try:
             # The loop lives in its own frame: CPython 3.11 can raise a signal's exception at a
             # loop's backward jump outside the enclosing `try`, which would skip the cleanup.
-            _drive(runner, items, control, max_in_flight, progress, outcomes)
+            _drive(runner, items, control, alive, progress, outcomes)
         except BaseException:
             control.cancel_in_flight()
             raise
@@ -82,13 +92,13 @@ def _run_local(
 
 def _drive(
     runner: ThreadPoolTaskRunner[Any], items: list[tuple[BatchItem, str]], control: BatchControl,
-    max_in_flight: int, progress: Progress, outcomes: list[ItemOutcome],
+    alive: int, progress: Progress, outcomes: list[ItemOutcome],
 ) -> None:
     finished: queue.SimpleQueue[PrefectFuture[ItemOutcome]] = queue.SimpleQueue()
     pending = iter(items)
     in_flight: dict[Any, tuple[BatchItem, str]] = {}
     while True:
-        while len(in_flight) < max_in_flight and not control.stop.is_set():
+        while len(in_flight) < alive and not control.stop.is_set():
             nxt = next(pending, None)
             if nxt is None:
                 break
@@ -219,7 +229,9 @@ def generate_batch(
         key_prefix: Folders nested under the destination's prefix (the key rule of
             `tasks.s3_storage.keys`, refused before paying); items go to
             `{prefix}/{key_prefix}/batch/{key}/`.
-        max_in_flight: Most items running at once in this flow run.
+        max_in_flight: Most predictions running at once in this flow run. An item holds its
+            slot from its create to its prediction's end; storing its images does not hold
+            one, so up to as many items again store while the next predictions run.
         price_per_image_usd: Price of one output image on every model, for the estimate and
             the cost; None: `SEEDREAM_PRICE_PER_IMAGE_USD`, else each model's own
             (`tasks.model_prices`). A model with no known price cannot run with `max_cost_usd`.
@@ -315,7 +327,7 @@ def generate_batch(
             credentials=credentials, destination=target, prefix=prefix,
             price_per_image_usd=price_per_image_usd, timeout_seconds=timeout_seconds,
             item_retries=item_retries, concurrency_limit_name=concurrency_limit_name,
-            model=model, prices=prices,
+            model=model, prices=prices, max_in_flight=max(1, max_in_flight),
         )
         ran = _run_local(run, control, max_in_flight=max(1, max_in_flight), progress=progress)
 

@@ -6,8 +6,11 @@ does not fail the item: the whole batch pauses for the announced wait and the it
 re-queued. A transient model failure (Replicate's "interrupted") gets `item_retries` fresh
 predictions. Any other error becomes the item's outcome; it never cancels a sibling.
 
-`BatchControl` is what the items of one run share: the stop switch, the 429 pause and the ids
-of predictions in flight, so the run can cancel all of them at once when it is stopped.
+`BatchControl` is what the items of one run share: the stop switch, the 429 pause, the
+prediction slots (`max_in_flight`) and the ids of predictions in flight, so the run can cancel
+all of them at once when it is stopped. A slot is held from the create to the prediction's end,
+not while its images are stored: the next item's prediction starts as soon as one ends, and
+storing overlaps it, as it would in a script that only bounds its predictions.
 `ItemOutcome` is what became of an item, whichever way it ran (here, in a shard, or earlier).
 """
 
@@ -111,9 +114,11 @@ class BatchControl:
         self, *, credentials: ReplicateCredentials | str | None, destination: S3Destination,
         prefix: str, price_per_image_usd: float, timeout_seconds: float, item_retries: int = 1,
         concurrency_limit_name: str | None = None, model: str | None = None,
-        prices: Mapping[str, float] | None = None,
+        prices: Mapping[str, float] | None = None, max_in_flight: int | None = None,
     ) -> None:
         self.model = model
+        # Predictions of this run at Replicate at once (None: as many as items run at once).
+        self._slots = threading.Semaphore(max_in_flight) if max_in_flight else None
         self.prices = dict(prices or {})  # per model; price_per_image_usd for any other
         self.credentials, self.destination, self.prefix = credentials, destination, prefix
         self.price_per_image_usd, self.timeout_seconds = price_per_image_usd, timeout_seconds
@@ -145,6 +150,21 @@ class BatchControl:
             if left <= 0:
                 return
             self.stop.wait(min(left, 0.5))
+
+    @contextlib.contextmanager
+    def prediction_slot(self) -> Iterator[None]:
+        """One of the run's `max_in_flight` prediction slots, from the create to the
+        prediction's end; raises `BatchStopped` if the batch stops while waiting for one."""
+        if self._slots is None:
+            yield
+            return
+        while not self._slots.acquire(timeout=0.5):
+            if self.stop.is_set():
+                raise BatchStopped
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def track(self, key: str, prediction_id: str | None) -> None:
         with self._lock:
@@ -263,7 +283,7 @@ def _predict(item: BatchItem, key: str, control: BatchControl
     attempt = 0
     while True:
         request, expected = _request(item, control)
-        with _slot(control.concurrency_limit_name):
+        with control.prediction_slot(), _slot(control.concurrency_limit_name):
             prediction, ours, fresh = _create(item, key, request, control)
             try:
                 if (control.stop.is_set()
