@@ -28,7 +28,7 @@ LOGS = ROOT / "bench" / "results"
 BACKGROUND = ("fig_api_calls",)
 FOREGROUND = ("fig_orchestration", "fig_orchestration_pg", "profile_batch", "fig_scaling",
               "fig_throughput_large", "fig_storage", "fig_cold_start", "fig_sandbox",
-              "fig_loop_lag", "fig_batch", "fig_ledger", "fig_manifest")
+              "fig_loop_lag", "fig_batch", "fig_ledger", "fig_manifest", "fig_sustained")
 
 _CHILD = ("import json, sys; from bench import {name} as fig; "
           "json.dump(fig.run(), open(sys.argv[1], 'w'), indent=1)")

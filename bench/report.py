@@ -270,7 +270,32 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                 f"{lat['after_flow']:.1f} ms, {per['after_flow']:g}/s",
                 f"{lat['after_flow_spend_day'] / lat['after_flow']:.2f}x latency",
                 "reported: the limit's price", None, "d")
+    _sustained_rows(figs.get("fig_sustained", {}), add)
     return rows, missed
+
+
+def _sustained_rows(f6: dict[str, Any], add: Any) -> None:
+    """Target 6 (bench/fig_sustained.py): creates/min against the 600/min limit, per run."""
+    for name, r in f6.get("runs", {}).items():
+        if not isinstance(r, dict) or "ratio" not in r:
+            continue
+        db, workers = name.split("_")
+        cpu = r["cpu_ms_per_prediction"]
+        ok = (r["ratio"] >= 0.95 and (r["max_window_per_min"] or 0) <= 600 * 1.05
+              and (r["rate_limited_429"] or 0) <= 0.02 * max(1, r["creates"]))
+        add(f"6. Sustained at the rate limit, {workers[:-1]} worker(s), {db}, "
+            f"{f6['duration_s']} s, {f6['latency_s']:g} s latency, {r['max_in_flight']} in "
+            f"flight per worker",
+            f"{r['achieved_per_min']:g} creates/min (30 s windows {r['per_window_per_min']}), "
+            f"{r['rate_limited_429']} 429s, {r['succeeded']} succeeded; CPU/prediction: worker "
+            f"{cpu['worker']:g} ms, Prefect server {cpu['prefect_server']:g} ms, sandbox "
+            f"{cpu['sandbox']:g} ms, moto {cpu['moto']:g} ms",
+            "600 creates/min (the limit)", f"{r['ratio']:.2f}x",
+            ">= 0.95x, no window > 600/min, 429s <= 2 %", ok, "fig6")
+    for note in f6.get("analysis", []):
+        add("6. analysis", note, "-", "-", "-", None, "fig6")
+    if "postgres" in f6:
+        add("6. Postgres", str(f6["postgres"]), "-", "-", "-", None, "fig6")
 
 
 def _ledger_table(fd: dict[str, Any]) -> str:
