@@ -279,8 +279,10 @@ def _sustained_rows(f6: dict[str, Any], add: Any) -> None:
     for name, r in f6.get("runs", {}).items():
         if not isinstance(r, dict) or "ratio" not in r:
             continue
-        db, workers = name.split("_")
+        db, workers, *rest = name.split("_")
         cpu = r["cpu_ms_per_prediction"]
+        if rest:  # the diagnosis run without the shared limit: context, not the target
+            db += ", no shared limit (diagnosis)"
         ok = (r["ratio"] >= 0.95 and (r["max_window_per_min"] or 0) <= 600 * 1.05
               and (r["rate_limited_429"] or 0) <= 0.02 * max(1, r["creates"]))
         add(f"6. Sustained at the rate limit, {workers[:-1]} worker(s), {db}, "
