@@ -1,7 +1,10 @@
-"""(c) Peak RSS of the 1,000-item batch, from `bench/bench_batch.py` (another engineer's script).
+"""(c) RSS vs items of a 10,000-item batch (QUICK: 1,000), from `bench/bench_batch.py`.
 
-Runs it as-is in its own process if it exists and reads the last JSON object it prints; if the
-script is missing, fails, or prints no RSS figure, the row is reported as pending with the reason.
+64 in flight, sandbox at 0.2 s with prerendered outputs and rate limits off; the batch's process
+is measured alone (sandbox, moto and `prefect server` in their own processes). Runs the script
+in its own process and reads the last JSON object it prints: peak RSS, RSS at 10 % and 100 % of
+items, the slope (MB per 1,000 items) and the (items_done, rss_mb) series for the plot. If the
+script fails or prints no RSS figure, the row is reported as pending with the reason.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import QUICK, ROOT
 
 SCRIPT = ROOT / "bench" / "bench_batch.py"
-TIMEOUT = 240
+ITEMS = 1_000 if QUICK else 10_000
+IN_FLIGHT = 64
+TIMEOUT = 600 if QUICK else 2400
 
 
 def _find_rss(value: Any, path: str = "") -> dict[str, Any]:
@@ -23,7 +28,8 @@ def _find_rss(value: Any, path: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         for key, item in value.items():
             name = f"{path}.{key}" if path else str(key)
-            if "rss" in str(key).lower() and isinstance(item, (int, float)):
+            if "rss" in str(key).lower() and isinstance(item, (int, float)) \
+                    and not isinstance(item, bool):
                 found[name] = item
             else:
                 found.update(_find_rss(item, name))
@@ -34,7 +40,9 @@ def run() -> dict[str, Any]:
     if not SCRIPT.exists():
         return {"status": "pending", "reason": "bench/bench_batch.py does not exist yet"}
     try:
-        proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=str(ROOT), capture_output=True,
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--items", str(ITEMS),
+                               "--in-flight", str(IN_FLIGHT), "--run-seconds", "0.2"],
+                              cwd=str(ROOT), capture_output=True,
                               text=True, timeout=TIMEOUT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     except subprocess.TimeoutExpired:

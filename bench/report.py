@@ -245,14 +245,7 @@ def _rows(figs: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             f"{fb['idle_max_ms']} ms (p99 {fb['idle_p99_ms']} ms), idle flow",
             f"{fb['ratio_max']:.1f}x", "reported (suggested: max < 100 ms)", None, "b")
 
-    fc_ = figs.get("fig_batch", {})
-    if fc_.get("status") == "measured":
-        rss = ", ".join(f"{k} {v}" for k, v in fc_["rss"].items())
-        add("(c) 1,000-item batch peak RSS (bench/bench_batch.py)", rss, "-", "-", "reported",
-            None, "c")
-    else:
-        add("(c) 1,000-item batch peak RSS", "**pending**", "-", "-",
-            fc_.get("reason", "not run"), None, "c")
+    _batch_memory_rows(figs.get("fig_batch", {}), add)
     fd = figs.get("fig_ledger", {})
     if "latency_ms" in fd:
         lat, per = fd["latency_ms"], fd["per_second_at_16"]
@@ -298,6 +291,48 @@ def _sustained_rows(f6: dict[str, Any], add: Any) -> None:
         add("6. analysis", note, "-", "-", "-", None, "fig6")
     if "postgres" in f6:
         add("6. Postgres", str(f6["postgres"]), "-", "-", "-", None, "fig6")
+
+
+def _batch_memory_rows(fc: dict[str, Any], add: Any) -> None:
+    """Figure (c), issue #14 target 4: a batch's peak RSS <= 200 MB, flat from 10 % to 100 %."""
+    raw = fc.get("raw") or {}
+    if fc.get("status") != "measured" or "rss_at_10pct_mb" not in raw:
+        add("(c) Batch peak RSS", "**pending**", "-", "-", fc.get("reason", "not run"), None, "c")
+        return
+    items, peak = raw["items"], raw["peak_rss_mb"]
+    r10, r100, growth = raw["rss_at_10pct_mb"], raw["rss_at_100pct_mb"], raw["growth_10_to_100_pct"]
+    label = (f"{items:,} items, {raw['max_in_flight']} in flight, {raw['model_seconds']:g} s "
+             f"model, {raw['wall_seconds']:.0f} s wall ({raw['state']})")
+    add(f"(c) Batch peak RSS: {label}", f"{peak} MB",
+        f"{raw['rss_before_mb']} MB before the batch (Prefect + plugin + boto3 imported)",
+        f"{peak / raw['rss_before_mb']:.2f}x", "<= 200 MB (issue #14)", peak <= 200, "c")
+    add(f"(c) Batch RSS flat: growth from 10 % to 100 % of {items:,} items",
+        f"{r10} -> {r100} MB ({growth:+.1f} %, {raw['slope_mb_per_1000_items']:+.2f} MB per "
+        "1,000 items)", f"{r10} MB at 10 %", f"{r100 / r10:.2f}x", "<= +10 % (issue #14)",
+        growth <= 10, "c")
+
+
+def _rss_plot(fc: dict[str, Any], plt: Any) -> str | None:
+    """bench/plots/rss_vs_items.png from figure (c)'s (items_done, rss_mb) series."""
+    raw = fc.get("raw") or {}
+    series = raw.get("series")
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([p[0] for p in series], [p[1] for p in series], label="generate_batch RSS")
+    ax.axhline(200, color="r", linestyle=":", label="target 200 MB")
+    ax.axhline(raw["rss_before_mb"], color="k", linestyle="--", linewidth=0.8,
+               label="before the batch")
+    ax.set_xlabel("items completed")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"RSS vs items: {raw['items']:,}-item batch, {raw['max_in_flight']} in flight")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "rss_vs_items.png", dpi=110)
+    plt.close(fig)
+    return "bench/plots/rss_vs_items.png"
 
 
 def _ledger_table(fd: dict[str, Any]) -> str:
@@ -394,6 +429,9 @@ def _plots(results: dict[str, Any]) -> list[str]:
         fig.savefig(PLOTS / "memory_while_storing.png", dpi=110)
         plt.close(fig)
         made.append("bench/plots/memory_while_storing.png")
+    rss_plot = _rss_plot(figs.get("fig_batch", {}), plt)
+    if rss_plot:
+        made.append(rss_plot)
     return made
 
 
