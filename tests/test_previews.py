@@ -214,3 +214,36 @@ def test_a_batch_publishes_a_gallery_with_previews_and_failures(
     for text in (gallery, *artifacts("seedream-batch")):
         assert "X-Amz-" not in text and "Signature" not in text and "magenta.jpg" not in text
         assert seedream_sandbox.api_token not in text
+
+
+def test_a_batch_result_keeps_previews_for_the_gallery_items_only(
+    s3_endpoint: str, bucket: str, seedream_sandbox: Any, s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory per item stays small: past the gallery's items an outcome has no preview, but
+    the item's result.json in S3 still carries it."""
+    import json
+
+    from prefect_seedream.blocks import S3Destination
+    from prefect_seedream.flows.batch.flow import PREVIEW_LEFT_OUT
+
+    monkeypatch.setenv("SEEDREAM_GALLERY_ITEMS", "1")
+    destination = S3Destination(bucket=bucket, prefix="galkeep", endpoint_url=s3_endpoint,
+                                aws_access_key_id="testing",
+                                aws_secret_access_key=SecretStr("testing"))
+    credentials = ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
+                                       base_url=seedream_sandbox.base_url)
+    manifest = [{"id": "k-first", "prompt": "a red kettle", "size": "1K"},
+                {"id": "k-second", "prompt": "a blue kettle", "size": "1K"}]
+    for _ in range(2):  # run, then resume: the already-done outcomes are compacted alike
+        result = generate_batch(manifest, credentials=credentials, destination=destination,
+                                max_in_flight=2)
+        first, second = result.items
+        assert first.images[0].preview is not None
+        assert second.images[0].preview is None
+        assert second.images[0].preview_note == PREVIEW_LEFT_OUT
+    stored = s3_client.get_object(Bucket=bucket, Key=f"galkeep/batch/{second.item_key}/"
+                                  "result.json")["Body"].read()
+    assert json.loads(stored)["images"][0]["preview"]
+    gallery = artifacts("seedream-batch-gallery")
+    assert any("k-first" in text and len(previews_in(text)) == 1 for text in gallery)
