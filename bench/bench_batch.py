@@ -139,8 +139,15 @@ def _run(args: argparse.Namespace, sb: Any, s3: Any) -> dict[str, Any]:
     from prefect_seedream.flows.batch.progress import add_listener
     from prefect_seedream.flows.batch.report import BatchItemsFailed
 
-    manifest = [{"id": f"sku-{i:05d}", "prompt": f"studio photo of product {i}", "size": "1K",
-                 "aspect_ratio": "1:1"} for i in range(args.items)]
+    # A JSONL file, as a catalogue would be: a list of 10,000 dicts as the flow's parameter is
+    # refused by the Prefect server (422), and a file is what `load_manifest` streams.
+    import tempfile
+
+    rows = ({"id": f"sku-{i:05d}", "prompt": f"studio photo of product {i}", "size": "1K",
+             "aspect_ratio": "1:1"} for i in range(args.items))
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as spool:
+        spool.writelines(json.dumps(row) + "\n" for row in rows)
+    manifest = spool.name
     series: list[tuple[int, float]] = []
     every = max(1, args.items // 200)
     diagnosis = Diagnosis(bool(args.tracemalloc), args.tracemalloc) if args.diagnose else None
