@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, sb: Any, s3: Any) -> dict[str, Any]:
+    # A JSONL file, as a catalogue would be: a list of 10,000 dicts as the flow's parameter is
+    # refused by the Prefect server (422), and a file is what `load_manifest` streams.
+    import tempfile
+
     import boto3
     from pydantic import SecretStr
 
@@ -138,10 +142,6 @@ def _run(args: argparse.Namespace, sb: Any, s3: Any) -> dict[str, Any]:
     from prefect_seedream.flows.batch.flow import generate_batch
     from prefect_seedream.flows.batch.progress import add_listener
     from prefect_seedream.flows.batch.report import BatchItemsFailed
-
-    # A JSONL file, as a catalogue would be: a list of 10,000 dicts as the flow's parameter is
-    # refused by the Prefect server (422), and a file is what `load_manifest` streams.
-    import tempfile
 
     rows = ({"id": f"sku-{i:05d}", "prompt": f"studio photo of product {i}", "size": "1K",
              "aspect_ratio": "1:1"} for i in range(args.items))
