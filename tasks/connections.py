@@ -76,7 +76,7 @@ def replicate_api(credentials: ReplicateCredentials | str | None) -> ReplicateAp
     with _lock:
         api = _apis.get(key)
         if api is None:
-            api = _apis[key] = ReplicateApi(resolved.get_client(), factory=resolved.get_client)
+            api = _apis[key] = ReplicateApi(resolved.get_client())
         return api
 
 

@@ -40,7 +40,7 @@ def test_a_failing_get_is_sent_once_not_retried_underneath(
 async def test_the_async_driver_does_not_retry_underneath_either(
     seedream_sandbox: Any, credentials: Any
 ) -> None:
-    api = ReplicateApi(credentials.get_client(), factory=credentials.get_client)
+    api = ReplicateApi(credentials.get_client())
     prediction_id = _create(api)
     before = seedream_sandbox.counters()["requests"].get("get", 0)
     seedream_sandbox.faults.fail_next("get", 2, status=429)

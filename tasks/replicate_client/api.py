@@ -26,6 +26,7 @@ from prefect_seedream.tasks.replicate_client.protocol import (
     Update,
 )
 from prefect_seedream.tasks.replicate_client.request_builders import ApiRequest, ApiResponse
+from prefect_seedream.tasks.tls import tls_context
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -70,8 +71,14 @@ def _bare(http: Any) -> Any:
     100 predictions in flight (300 creates/min at 20 s latency, half Replicate's limit).
     The callers (`max_in_flight`, the global rate limit) bound how many are open."""
     kind = httpx.AsyncClient if isinstance(http, httpx.AsyncClient) else httpx.Client
+    return _like(http, kind)
+
+
+def _like(http: Any, kind: Any) -> Any:
+    """A `kind` client with `http`'s base URL, headers and timeouts, the process's one TLS
+    context and a pool sized for sync mode."""
     return kind(base_url=http.base_url, headers=http.headers, timeout=http.timeout,
-                limits=POOL_LIMITS)
+                limits=POOL_LIMITS, verify=tls_context())
 
 
 class ReplicateApi:
@@ -92,12 +99,13 @@ class ReplicateApi:
         ```
     """
 
-    def __init__(self, client: Any, factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
         self._http = _bare(client._client)
-        self._factory = factory
         # httpx's async pool belongs to one event loop; Prefect runs each async flow run on its
-        # own loop, so each loop gets its own client (weakly keyed: closed loops drop out).
+        # own loop, so each loop gets its own client (weakly keyed: closed loops drop out),
+        # built from the sync one's settings: building `replicate`'s own async client first
+        # would load a CA bundle on the event loop (~30 ms with nothing else running).
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -120,8 +128,7 @@ class ReplicateApi:
         loop = asyncio.get_running_loop()
         client = self._loop_clients.get(loop)
         if client is None:
-            source = self._factory() if self._factory is not None else self.client
-            client = self._loop_clients[loop] = _bare(source._async_client)
+            client = self._loop_clients[loop] = _like(self._http, httpx.AsyncClient)
         return client  # type: ignore[no-any-return]
 
     def run(

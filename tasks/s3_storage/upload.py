@@ -17,10 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
-import os
-import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from prefect_seedream.tasks.s3_storage.checks import ImageProbe
+from prefect_seedream.tasks.tls import tls_context
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mypy_boto3_s3 import S3Client
@@ -86,20 +84,13 @@ def _strip_authorization(request: httpx.Request) -> None:
     request.headers.pop("Authorization", None)
 
 
-@functools.cache
-def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
-    """httpx's default context, once per CA setting (`SSL_CERT_FILE`, `SSL_CERT_DIR`)."""
-    return httpx.create_ssl_context()
-
-
 def new_http_client(timeout: float = 30.0) -> httpx.Client:
     """An httpx client for output files: redirects followed, never an Authorization header.
 
-    The TLS context (httpx's default: certifi's CAs, or `SSL_CERT_FILE`/`SSL_CERT_DIR`) is
-    built once per process and shared: building it loads the CA bundle, about 70 ms of CPU,
-    which a batch would otherwise pay once per item."""
+    The TLS context is the process's one (`tasks.tls`): building one per client would cost a
+    batch ~70 ms of CPU per item."""
     return httpx.Client(
-        verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
+        verify=tls_context(),
         follow_redirects=True,
         timeout=httpx.Timeout(timeout, connect=10.0),
         event_hooks={"request": [_strip_authorization], "response": []},
