@@ -40,17 +40,19 @@ def ensure_rate_limit(name: str = RATE_LIMIT, creates_per_minute: int = 600) -> 
     )
     from prefect.exceptions import ObjectNotFound
 
-    decay = creates_per_minute / 60
+    from prefect_seedream.tasks.concurrency import limit_shape
+
+    limit, decay = limit_shape(creates_per_minute)  # a burst of 10 s, the rate as decay
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
-                name=name, limit=creates_per_minute, slot_decay_per_second=decay))
+                name=name, limit=limit, slot_decay_per_second=decay))
         else:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(
-                limit=creates_per_minute, slot_decay_per_second=decay, active=True))
-    return {"name": name, "limit": creates_per_minute, "slot_decay_per_second": decay}
+                limit=limit, slot_decay_per_second=decay, active=True))
+    return {"name": name, "limit": limit, "slot_decay_per_second": decay}
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:

@@ -7,7 +7,12 @@ and then strictly: a limit that does not exist is an error, never a silent unthr
 
 Create it once per Prefect server (or let `prefect deploy` do it, see prefect.yaml):
 
-    prefect gcl create replicate-create --limit 600 --slot-decay-per-second 10
+    prefect gcl create replicate-create --limit 100 --slot-decay-per-second 10
+
+The decay is the sustained rate (10 slots a second: 600 a minute); the limit is the burst the
+budget lets through at once, 10 s of creates, the size of the bucket the sandbox models for
+Replicate ("short bursts allowed"). A limit of 600 would let 600 creates out at once, and all
+but Replicate's burst would come back 429 (figure 6 in BENCHMARKS.md: 1,202 429s in a minute).
 
 Example:
     ```python
@@ -34,6 +39,16 @@ class RateLimitUnavailable(SeedreamError):
     """The configured global rate limit is missing (or unusable); nothing was created."""
 
 
+#: Seconds of creates the budget lets through at once (its limit, over its decay per second).
+BURST_SECONDS = 10
+
+
+def limit_shape(creates_per_minute: int = DEFAULT_CREATES_PER_MINUTE) -> tuple[int, float]:
+    """The global rate limit's `limit` (the burst) and `slot_decay_per_second` (the rate)."""
+    decay = creates_per_minute / 60
+    return max(1, round(decay * BURST_SECONDS)), decay
+
+
 def create_command(name: str = DEFAULT_LIMIT_NAME,
                    creates_per_minute: int = DEFAULT_CREATES_PER_MINUTE) -> str:
     """The one-line Prefect CLI command that creates the limit.
@@ -43,13 +58,12 @@ def create_command(name: str = DEFAULT_LIMIT_NAME,
         from prefect_seedream.tasks.concurrency import create_command
 
         assert create_command() == (
-            "prefect gcl create replicate-create --limit 600 --slot-decay-per-second 10"
+            "prefect gcl create replicate-create --limit 100 --slot-decay-per-second 10"
         )
         ```
     """
-    decay = creates_per_minute / 60
-    shown = f"{decay:g}"
-    return f"prefect gcl create {name} --limit {creates_per_minute} --slot-decay-per-second {shown}"
+    limit, decay = limit_shape(creates_per_minute)
+    return f"prefect gcl create {name} --limit {limit} --slot-decay-per-second {decay:g}"
 
 
 def configured_limit() -> str | None:
@@ -187,4 +201,5 @@ __all__ = [
     "acquire_create_slot",
     "configured_limit",
     "create_command",
+    "limit_shape",
 ]

@@ -60,8 +60,8 @@ def test_served_deployments_need_no_pool() -> None:
 
 def test_the_documented_rate_limit_command() -> None:
     assert create_command() == (
-        "prefect gcl create replicate-create --limit 600 --slot-decay-per-second 10")
-    assert create_command("x", 90) == "prefect gcl create x --limit 90 --slot-decay-per-second 1.5"
+        "prefect gcl create replicate-create --limit 100 --slot-decay-per-second 10")
+    assert create_command("x", 90) == "prefect gcl create x --limit 15 --slot-decay-per-second 1.5"
 
 
 @pytest.mark.parametrize(("count", "columns", "expected"),

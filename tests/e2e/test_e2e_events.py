@@ -59,7 +59,7 @@ def test_prefect_yaml_deploys_triggers_schedule_and_rate_limit(
         name: {event} for name, event in expected.items()}
     # bootstrap made it 1200/min; the deploy step of prefect.yaml set Replicate's 600/min.
     limit = client.read_global_concurrency_limit_by_name("replicate-create")
-    assert (limit.limit, limit.slot_decay_per_second, limit.active) == (600, 10.0, True)
+    assert (limit.limit, limit.slot_decay_per_second, limit.active) == (100, 10.0, True)
 
 
 def test_requested_event_stores_images_and_triggers_the_contact_sheet(

@@ -38,5 +38,5 @@ def test_a_configured_but_missing_limit_fails_before_any_request(
             create_prediction.fn(request, credentials=credentials)
         else:
             anyio.run(lambda: acreate_prediction.fn(request, credentials=credentials))
-    assert f"prefect gcl create no-such-limit-{twin} --limit 600" in str(caught.value)
+    assert f"prefect gcl create no-such-limit-{twin} --limit 100" in str(caught.value)
     assert seedream_stack.sandbox.counters()["creates"] == before
