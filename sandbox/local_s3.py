@@ -4,7 +4,8 @@ moto checks a conditional write's precondition and then writes, with nothing in 
 two `PutObject(IfNoneMatch="*")` arriving at once can both succeed, where S3 lets exactly one
 through. The prediction ledger, the spend limit and the final PUT of every image rest on that
 guarantee, so `S3Server` runs the conditional writes of one key one at a time (writes to other
-keys stay concurrent). moto also ignores `If-None-Match` on `CopyObject`, which S3 honours
+keys stay concurrent), and keeps reads of the key out of them: moto's `CopyObject` shows the
+new key before its metadata. moto also ignores `If-None-Match` on `CopyObject`, which S3 honours
 (412 when the key exists), and stores a PUT whatever `x-amz-checksum-sha256` it names, where S3
 refuses a body that does not match (400 BadDigest); `S3Server` answers both as S3 does.
 """
@@ -48,9 +49,9 @@ def _bad_digest_checked(environ: dict[str, Any]) -> bool:
 
 class AtomicConditionalWrites:
     """WSGI middleware: a write carrying `If-Match`/`If-None-Match` runs alone among the
-    conditional writes of its key, start to end, as S3 applies it atomically; a copy with
-    `If-None-Match: *` onto an existing key fails with 412, as on S3; a PUT whose body does not
-    match its `x-amz-checksum-sha256` fails with 400 BadDigest, as on S3.
+    conditional writes and the reads of its key, start to end, as S3 applies it atomically; a
+    copy with `If-None-Match: *` onto an existing key fails with 412, as on S3; a PUT whose body
+    does not match its `x-amz-checksum-sha256` fails with 400 BadDigest, as on S3.
 
     Keys share one of `_STRIPES` locks by hash, so memory stays bounded however many keys a
     bench writes; two keys on one stripe only wait for each other."""
@@ -77,6 +78,14 @@ class AtomicConditionalWrites:
                                    [("Content-Type", "application/xml"),
                                     ("Content-Length", str(len(_PRECONDITION_FAILED)))])
                     return [_PRECONDITION_FAILED]
+                return list(self.app(environ, start_response))
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and environ.get("PATH_INFO", "/"
+                                                                           ) != "/":
+            # moto's CopyObject makes the key visible before it sets the new metadata: a read
+            # between them sees an object with none, which S3 never shows. A read of a key waits
+            # out a conditional write of it in progress, and cannot land inside one.
+            target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"
+            with self.locks[hash(target) % _STRIPES]:
                 return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
