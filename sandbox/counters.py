@@ -30,24 +30,31 @@ class Counters:
         self._global: dict[str, int] = {}
         self._requests: dict[str, int] = {}
         self._per: dict[str, dict[str, int]] = {}
+        self.epoch = 0
         self.reset()
 
     def reset(self) -> None:
-        """Set every counter back to zero and forget every prediction."""
+        """Set every counter back to zero and forget every prediction. What was started before
+        (a download still being sent) and is counted with its `epoch` after is not counted."""
         with self._lock:
+            self.epoch += 1
             self._global = dict.fromkeys(GLOBAL_KEYS, 0)
             self._requests = {}
             self._per = {}
 
-    def add(self, key: str, amount: int = 1, prediction_id: str | None = None) -> None:
+    def add(self, key: str, amount: int = 1, prediction_id: str | None = None,
+            epoch: int | None = None) -> None:
         """Add `amount` to a global counter and, with `prediction_id`, to that prediction's.
 
         Args:
             key: Counter name.
             amount: How much to add.
             prediction_id: The prediction the event belongs to, if any.
+            epoch: The `epoch` the event started in; dropped if the counters were reset since.
         """
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             self._global[key] = self._global.get(key, 0) + amount
             if prediction_id is not None and key in PER_PREDICTION_KEYS:
                 per = self._per.setdefault(prediction_id, dict.fromkeys(PER_PREDICTION_KEYS, 0))

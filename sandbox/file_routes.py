@@ -49,10 +49,13 @@ def handle(app: SandboxApp, request: Request) -> Response:
     data = output_bytes(app, record, index)
     if request.method == "HEAD":
         return Response(200, data, "image/jpeg")
-    app.counters.add("downloads", prediction_id=prediction_id)
+    epoch = app.counters.epoch
+    app.counters.add("downloads", prediction_id=prediction_id, epoch=epoch)
 
     def sent(count: int) -> None:
-        app.counters.add("download_bytes", count, prediction_id=prediction_id)
+        # Counted once the last byte is sent: a download begun before a reset (a test's
+        # leftover connection, closed later) must not land in the counts of what follows.
+        app.counters.add("download_bytes", count, prediction_id=prediction_id, epoch=epoch)
 
     return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=3600"},
                     bytes_per_second=app.faults.download_rate(), on_sent=sent)

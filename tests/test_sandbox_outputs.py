@@ -152,6 +152,28 @@ def test_outputs_of_one_prediction_differ_and_are_cached(seedream_sandbox, seedr
     assert counters["per_prediction"][prediction.id]["downloads"] == 3
 
 
+
+def test_a_download_begun_before_a_reset_is_not_counted_after_it(seedream_sandbox,
+                                                                 seedream_client):
+    """The sandbox counts a download's bytes once it has sent them. A download still being sent
+    when the sandbox is reset (the last test's connection, closed later) counted them into the
+    next test's figures, where an exact byte count then failed (CI: 2,277,538 for 1,004,977)."""
+    prediction = seedream_client.models.predictions.create(
+        model=MODEL, wait=True, input={"prompt": "two cats", "aspect_ratio": "1:1", "size": "1K"})
+    seedream_sandbox.faults.slow_downloads(200_000)  # a 1K output takes a second or two
+    with httpx.stream("GET", prediction.output[0]) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        seedream_sandbox.reset()
+        rest = b"".join(chunks)
+    assert first and rest
+    time.sleep(0.2)  # the count lands just after the last byte is sent
+
+    counters = seedream_sandbox.counters()
+    assert (counters["downloads"], counters["download_bytes"]) == (0, 0)
+    assert counters["per_prediction"] == {}
+
+
 def test_bench_mode_serves_one_prerendered_jpeg_per_size(seedream_sandbox, seedream_client):
     """`--prerendered-outputs`: every prompted output of a size is the same JPEG, rendered
     once, so a benchmark's sandbox spends no CPU per prediction; other sizes get their own."""
