@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import time
 
-from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -35,6 +34,7 @@ from prefect_seedream.flows.flow_support import (
 from prefect_seedream.flows.image_report import publish_report
 from prefect_seedream.tasks.connections import resolve_credentials, resolve_destination
 from prefect_seedream.tasks.errors import PredictionFailed
+from prefect_seedream.tasks.loop_threads import in_thread
 from prefect_seedream.tasks.model_schemas import checked_request
 from prefect_seedream.tasks.predictions_async import aawait_prediction, acreate_prediction
 from prefect_seedream.tasks.s3_storage.keys import key_prefix_under
@@ -78,7 +78,7 @@ async def arun_prediction(
     stored = await astore_outputs(
         finished, destination, key_prefix=key_prefix, expected_size=expected_size
     )
-    await to_thread.run_sync(functools.partial(
+    await in_thread(functools.partial(
         publish_report, title, finished, stored, destination, seconds=time.monotonic() - started
     ))
     emit_images_stored(finished, stored)  # seedream.images.stored (sync: only queues the event)
@@ -89,9 +89,9 @@ async def _target(
     credentials: ReplicateCredentials | str | None,
     destination: S3Destination | S3BucketBlock | str | None,
 ) -> S3Destination:
-    await to_thread.run_sync(resolve_credentials, credentials)
-    target = await to_thread.run_sync(resolve_destination, destination)
-    await to_thread.run_sync(check_bucket, target)
+    await in_thread(resolve_credentials, credentials)
+    target = await in_thread(resolve_destination, destination)
+    await in_thread(check_bucket, target)
     return target
 
 
@@ -134,7 +134,7 @@ async def agenerate_images(
         prompt, size=size, aspect_ratio=aspect_ratio, width=width, height=height,
         max_images=max_images, enhance_prompt=enhance_prompt,
     )
-    request = await to_thread.run_sync(  # the model's published schema, before anything else
+    request = await in_thread(  # the model's published schema, before anything else
         checked_request, request, model or get_settings().model, credentials)
     target = await _target(credentials, destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
@@ -168,14 +168,14 @@ async def aedit_image(
     model: str | None = None,
 ) -> list[StoredImage]:
     """Async `edit_image`: same arguments, same guarantees."""
-    target = await to_thread.run_sync(resolve_destination, destination)
+    target = await in_thread(resolve_destination, destination)
     prefix = key_prefix_under(target.prefix, key_prefix)  # nests under it, or is refused
-    edit = await to_thread.run_sync(functools.partial(
+    edit = await in_thread(functools.partial(
         prepare_edit, instruction, images, target, timeout_seconds=timeout_seconds, size=size,
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
     ))
-    await to_thread.run_sync(checked_request, edit.request, model or get_settings().model,
+    await in_thread(checked_request, edit.request, model or get_settings().model,
                              credentials)
     target = await _target(credentials, target)
     return await arun_prediction(

@@ -35,6 +35,7 @@ from prefect_seedream.tasks import prediction_ledger
 from prefect_seedream.tasks.concurrency import aacquire_create_slot
 from prefect_seedream.tasks.connections import replicate_api
 from prefect_seedream.tasks.errors import CreateOutcomeUnknown
+from prefect_seedream.tasks.loop_threads import in_thread
 from prefect_seedream.tasks.prediction_support import ledger_for, plan_create, retry_policy
 from prefect_seedream.tasks.replicate_client import protocol
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
@@ -67,29 +68,31 @@ async def acreate_prediction(
 ) -> Prediction:
     """Async `create_prediction`: same arguments, same guarantees (the ledger's claim runs in a
     worker thread)."""
-    plan = await to_thread.run_sync(lambda: plan_create(
+    plan = await in_thread(lambda: plan_create(
         input, credentials, webhook=webhook, webhook_events_filter=webhook_events_filter,
         wait_seconds=wait_seconds, cancel_after=cancel_after, idempotency_key=idempotency_key,
         sources=sources, ledger_at=ledger_for(ledger), request_id=request_id,
         model=model,
     ))
     while True:
+        # The claim may wait seconds on another run's create: outside the loop's bounded
+        # threads, which that run (on this loop, perhaps) needs to record it.
         if (earlier := await to_thread.run_sync(plan.obtain, abandon_on_cancel=True)):
             return earlier
-        await to_thread.run_sync(plan.reserve)  # the spend limit, before any request
+        await in_thread(plan.reserve)  # the spend limit, before any request
         await aacquire_create_slot()  # shared budget, if SEEDREAM_RATE_LIMIT_NAME
         try:
             created = await plan.api.arun(plan.create(), on_note=plan.log.info)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                cleanup = await to_thread.run_sync(plan.interrupted, exc)
+                cleanup = await in_thread(plan.interrupted, exc)
                 if cleanup is not None:
                     await plan.api.arun(cleanup, on_note=plan.log.warning)
             if isinstance(exc, CreateOutcomeUnknown):
                 raise plan.unknown(exc) from exc
             raise
         with anyio.CancelScope(shield=True):  # an id that exists must reach the ledger
-            recorded = await to_thread.run_sync(plan.created, created)
+            recorded = await in_thread(plan.created, created)
         if recorded is not None:
             return recorded
 
@@ -103,7 +106,7 @@ async def aget_prediction(
     prediction_id: str, *, credentials: ReplicateCredentials | str | None = None
 ) -> Prediction:
     """Async `get_prediction`."""
-    api = await to_thread.run_sync(replicate_api, credentials)
+    api = await in_thread(replicate_api, credentials)
     result: Prediction = await api.arun(protocol.get(prediction_id, policy=retry_policy()))
     return result
 
@@ -120,10 +123,10 @@ async def aawait_prediction(
     timeout_seconds: float | None = None,
 ) -> Prediction:
     """Async `await_prediction`. Cancelled or timed out, it still cancels the prediction."""
-    plan = await to_thread.run_sync(plan_wait, prediction, credentials, timeout_seconds)
+    plan = await in_thread(plan_wait, prediction, credentials, timeout_seconds)
     if plan.already is not None:
         plan.progress(plan.already)
-        return await to_thread.run_sync(plan.finished, plan.already)
+        return await in_thread(plan.finished, plan.already)
     try:
         final: Prediction = await plan.api.arun(plan.wait, on_update=plan.progress,
                                                 on_note=plan.progress.log.info)
@@ -131,11 +134,11 @@ async def aawait_prediction(
         with anyio.CancelScope(shield=True):
             try:
                 result = await plan.api.arun(plan.cancel())
-                await to_thread.run_sync(plan.cancelled, result, stopped)
+                await in_thread(plan.cancelled, result, stopped)
             except Exception as exc:
                 plan.cancel_failed(exc, stopped)
         raise
-    return await to_thread.run_sync(plan.finished, final)
+    return await in_thread(plan.finished, final)
 
 
 @task(
@@ -147,11 +150,11 @@ async def acancel_prediction(
     prediction_id: str, *, credentials: ReplicateCredentials | str | None = None
 ) -> Prediction | None:
     """Async `cancel_prediction`, idempotent."""
-    api = await to_thread.run_sync(replicate_api, credentials)
+    api = await in_thread(replicate_api, credentials)
     with anyio.CancelScope(shield=True):
         result: Prediction | None = await api.arun(
             protocol.cancel(prediction_id, policy=retry_policy())
         )
         if result is not None:
-            await to_thread.run_sync(prediction_ledger.settle, result.id, result.status)
+            await in_thread(prediction_ledger.settle, result.id, result.status)
     return result

@@ -118,6 +118,14 @@ class SeedreamSettings(BaseSettings):
         default=64 * 1024 * 1024, gt=0,
         description="The most bytes of one image a contact sheet reads (streamed, never whole).",
     )
+    async_worker_threads: int = Field(
+        default=4, ge=1,
+        description=(
+            "Most worker threads the async tasks and flows of one event loop use at once for "
+            "S3, the ledger and input checks; more of them make the loop wait longer for the "
+            "GIL (BENCHMARKS.md figure (b))."
+        ),
+    )
     rate_limit_name: str | None = Field(
         default=None,
         description="Prefect global rate limit every create takes a slot of (None: off).",

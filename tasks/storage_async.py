@@ -1,6 +1,7 @@
 """Async twin of `store_outputs` for async flows.
 
-S3 and the file downloads run in a worker thread, never on the event loop. If the awaiting task is
+S3 and the file downloads run in a worker thread, never on the event loop, one of the loop's
+bounded share (`prefect_seedream.tasks.loop_threads`). If the awaiting task is
 cancelled, the thread still finishes the objects in flight: each one is either completely written
 under its final key or not there at all (outputs go through a temporary key first), so a
 cancellation never leaves a half-written image.
@@ -11,11 +12,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from anyio import to_thread
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_seedream.blocks.s3_destination import S3Destination
+from prefect_seedream.tasks.loop_threads import in_thread
 from prefect_seedream.tasks.replicate_client.prediction import Prediction
 from prefect_seedream.tasks.storage import DEFAULT_RETRY_DELAYS, StoredImage, store_outputs
 
@@ -40,4 +41,4 @@ async def astore_outputs(
         store_outputs.fn, prediction, destination, key_prefix=key_prefix,
         expected_size=expected_size, retry_delays=retry_delays, max_concurrency=max_concurrency,
     )
-    return await to_thread.run_sync(job)
+    return await in_thread(job)

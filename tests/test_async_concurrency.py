@@ -48,3 +48,30 @@ def test_twenty_async_generations_overlap_on_one_loop(
     last_created = max(when(p["created_at"]) for p in predictions)
     first_completed = min(when(p["completed_at"]) for p in predictions)
     assert last_created < first_completed
+
+
+def test_one_worker_thread_per_loop_still_runs_a_request_twice_gathered_once(
+    seedream_sandbox: Any, s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The async twins share a few worker threads per loop (`SEEDREAM_ASYNC_WORKER_THREADS`).
+    Two generations of one request id gathered on one loop: the second waits on the first's
+    claim. That wait must not hold a shared thread, or the first could never record its
+    prediction with one thread, and the second would wait out the claim window (minutes)."""
+    monkeypatch.setenv("SEEDREAM_ASYNC_WORKER_THREADS", "1")
+    seedream_sandbox.configure(run_seconds=1.0)
+    credentials = ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
+                                       base_url=seedream_sandbox.base_url)
+    destination = S3Destination(bucket=bucket, endpoint_url=s3_endpoint,
+                                aws_access_key_id="testing",
+                                aws_secret_access_key=SecretStr("testing"))
+
+    @flow
+    async def twice() -> list[Any]:
+        return await asyncio.wait_for(asyncio.gather(*(
+            agenerate_images("one order, asked twice", size="1K", credentials=credentials,
+                             destination=destination, request_id="order-17")
+            for _ in range(2))), timeout=90)
+
+    first, second = asyncio.run(twice())
+    assert [image.uri for image in first] == [image.uri for image in second]
+    assert len(seedream_sandbox.predictions()) == 1  # paid once
