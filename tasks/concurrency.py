@@ -24,10 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
 from prefect_seedream.tasks.errors import SeedreamError
+from prefect_seedream.tasks.replicate_client.protocol import RetryPolicy
 from prefect_seedream.tasks.seedream_settings import get_settings
 
 #: Replicate's default create budget and the matching decay (slots freed per second).
@@ -150,14 +152,44 @@ class _Slots:
             self._cond.notify(wanted)
 
 
+#: How long a create keeps asking a Prefect server that answers 5xx (or not at all) for its
+#: slot before it gives up; nothing has been sent to Replicate while it asks.
+SERVER_TROUBLE_SECONDS = 120.0
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a failed acquisition is the Prefect server's trouble (5xx, 429, no answer), to
+    be asked again, rather than a limit that is missing or refused (4xx): an error at once."""
+    import httpx
+
+    cause = exc.__cause__
+    if isinstance(cause, httpx.HTTPStatusError):
+        return cause.response.status_code >= 500 or cause.response.status_code == 429
+    return isinstance(cause, (httpx.TransportError, OSError, TimeoutError))
+
+
+def _pause_or_raise(name: str, exc: Exception, attempt: int, deadline: float) -> float:
+    """The pause before asking again after a failed acquisition, or `RateLimitUnavailable`."""
+    pause = RetryPolicy().backoff(attempt)
+    if not _transient(exc) or time.monotonic() + pause > deadline:
+        raise _unavailable(name, exc) from exc
+    return pause
+
+
 def _rate_limit(name: str, occupy: int) -> None:
+    """Take `occupy` slots. A busy Prefect server answering 503 after its client's own
+    retries (two workers on a SQLite server in figure 6 met one) is asked again with backoff
+    for up to `SERVER_TROUBLE_SECONDS`, so one item does not fail for it."""
     from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import rate_limit
 
-    try:
-        rate_limit(name, occupy=occupy, strict=True)
-    except ConcurrencySlotAcquisitionError as exc:
-        raise _unavailable(name, exc) from exc
+    deadline = time.monotonic() + SERVER_TROUBLE_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            rate_limit(name, occupy=occupy, strict=True)
+            return
+        except ConcurrencySlotAcquisitionError as exc:
+            time.sleep(_pause_or_raise(name, exc, attempt, deadline))
 
 
 _slots: dict[str, _Slots] = {}
@@ -185,12 +217,16 @@ async def aacquire_create_slot(name: str | None = None) -> None:
     name = name or configured_limit()
     if not name:
         return
+    import anyio
     from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 
-    try:
-        await rate_limit(name, occupy=1, strict=True)
-    except ConcurrencySlotAcquisitionError as exc:
-        raise _unavailable(name, exc) from exc
+    deadline = time.monotonic() + SERVER_TROUBLE_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            await rate_limit(name, occupy=1, strict=True)
+            return
+        except ConcurrencySlotAcquisitionError as exc:
+            await anyio.sleep(_pause_or_raise(name, exc, attempt, deadline))
 
 
 __all__ = [

@@ -90,3 +90,51 @@ def test_a_missing_limit_is_refused_for_every_waiting_create() -> None:
     assert all(isinstance(e, RateLimitUnavailable) and "prefect gcl create" in str(e)
                for e in errors)
 
+
+
+def _server_answers(monkeypatch: pytest.MonkeyPatch, statuses: list[int]) -> list[int]:
+    """The Prefect server answers the next slot requests with `statuses` (after its client's
+    own retries), then as it really does; returns the statuses the creates met."""
+    import httpx
+    from prefect.concurrency import sync
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
+    met: list[int] = []
+    real = sync.rate_limit
+
+    def troubled(names: Any, occupy: int = 1, **kwargs: Any) -> None:
+        if statuses:
+            status = statuses.pop(0)
+            met.append(status)
+            request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment")
+            error = httpx.HTTPStatusError(f"{status}", request=request,
+                                          response=httpx.Response(status, request=request))
+            raise ConcurrencySlotAcquisitionError(f"Unable to acquire: {status}") from error
+        real(names, occupy=occupy, **kwargs)
+
+    monkeypatch.setattr(sync, "rate_limit", troubled)
+    return met
+
+
+def test_a_busy_prefect_server_delays_the_create_instead_of_failing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers on one SQLite Prefect server (figure 6) met a 503 on a slot request after
+    the client's own retries, and the item failed: it is asked again, and the create goes."""
+    name = _limit(5, 5.0)
+    met = _server_answers(monkeypatch, [503, 503])
+
+    acquire_create_slot(name)
+
+    assert met == [503, 503]
+
+
+def test_a_refused_slot_request_is_an_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4xx is not the server's trouble: it is not asked again."""
+    name = _limit(5, 5.0)
+    met = _server_answers(monkeypatch, [403, 403])
+
+    with pytest.raises(RateLimitUnavailable, match="prefect gcl create"):
+        acquire_create_slot(name)
+
+    assert met == [403]  # asked once
