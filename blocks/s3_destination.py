@@ -21,8 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 #: Retries for every S3 request: botocore's "standard" mode retries 5xx, throttling and
 #: connection errors with jittered exponential backoff (50 ms base for non-throttling errors).
 _RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 5}
-#: Enough pooled connections for 4 concurrent outputs x a few multipart part uploads each.
-_MAX_POOL_CONNECTIONS = 32
+#: Connections kept open for reuse. A batch at `max_in_flight=256` runs 512 item threads,
+#: each making S3 requests (claim, open pointer, image, result.json); past the pool's size
+#: urllib3 closes a connection after its one request and the next request opens a new one
+#: (figure 1d at 64 in flight with 32: "Connection pool is full, discarding connection" by
+#: the hundred). Idle connections cost a socket each; S3 closes them when they sit idle.
+_MAX_POOL_CONNECTIONS = 1024
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _client_lock = threading.Lock()
@@ -159,8 +163,8 @@ class S3Destination(Block):
         """Return a boto3 S3 client for this destination, cached per process.
 
         Clients are keyed on every field that affects them, built under a lock, and are
-        thread-safe, so concurrent uploads share one connection pool (32 connections) and one
-        retry policy (botocore "standard" mode, 5 attempts in all).
+        thread-safe, so concurrent uploads share one connection pool (up to 1,024 connections)
+        and one retry policy (botocore "standard" mode, 5 attempts in all).
 
         Returns:
             A boto3 S3 client.

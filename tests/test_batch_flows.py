@@ -509,3 +509,19 @@ def test_rerun_after_a_killed_run_reattaches_instead_of_paying_again(
     assert orphan.id in " ".join(result.items[0].uris)
     open_pointers = [k for k in keys(s3_client, destination.bucket) if "/_ledger/open/" in k]
     assert len(open_pointers) == 1 and "/open/killed-run/" in open_pointers[0]  # not ours
+
+
+def test_a_wide_batch_keeps_its_s3_connections_instead_of_opening_one_per_request(
+    credentials: ReplicateCredentials, destination: S3Destination, seedream_sandbox: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At 40 in flight a batch runs 80 item threads, each making a few S3 requests (claim,
+    open pointer, image, result.json). With a pool smaller than that, urllib3 throws away every
+    connection past it after one request and the next opens a new one: figure 1d logged
+    "Connection pool is full, discarding connection" by the hundred at 64 in flight."""
+    seedream_sandbox.configure(run_seconds=0.3)
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+        result = run(prompts(80), credentials, destination, max_in_flight=40)
+    assert [i.status for i in result.items] == ["succeeded"] * 80
+    discarded = [r for r in caplog.records if "Connection pool is full" in r.getMessage()]
+    assert not discarded, f"{len(discarded)} S3 connections thrown away after one request"
