@@ -21,15 +21,18 @@ def when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _blocks(sandbox: Any, s3_endpoint: str, bucket: str
+            ) -> tuple[ReplicateCredentials, S3Destination]:
+    return (ReplicateCredentials(api_token=SecretStr(sandbox.api_token), base_url=sandbox.base_url),
+            S3Destination(bucket=bucket, endpoint_url=s3_endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key=SecretStr("testing")))
+
+
 def test_twenty_async_generations_overlap_on_one_loop(
     seedream_sandbox: Any, s3_endpoint: str, bucket: str,
 ) -> None:
     seedream_sandbox.configure(run_seconds=3.0)
-    credentials = ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
-                                       base_url=seedream_sandbox.base_url)
-    destination = S3Destination(bucket=bucket, endpoint_url=s3_endpoint,
-                                aws_access_key_id="testing",
-                                aws_secret_access_key=SecretStr("testing"))
+    credentials, destination = _blocks(seedream_sandbox, s3_endpoint, bucket)
     prompts = [f"postcard number {i}" for i in range(20)]
 
     @flow
@@ -59,11 +62,7 @@ def test_one_worker_thread_per_loop_still_runs_a_request_twice_gathered_once(
     prediction with one thread, and the second would wait out the claim window (minutes)."""
     monkeypatch.setenv("SEEDREAM_ASYNC_WORKER_THREADS", "1")
     seedream_sandbox.configure(run_seconds=1.0)
-    credentials = ReplicateCredentials(api_token=SecretStr(seedream_sandbox.api_token),
-                                       base_url=seedream_sandbox.base_url)
-    destination = S3Destination(bucket=bucket, endpoint_url=s3_endpoint,
-                                aws_access_key_id="testing",
-                                aws_secret_access_key=SecretStr("testing"))
+    credentials, destination = _blocks(seedream_sandbox, s3_endpoint, bucket)
 
     @flow
     async def twice() -> list[Any]:
