@@ -10,6 +10,7 @@ to name the resource that stops the scaling.
 
 from __future__ import annotations
 
+import queue
 import time
 import uuid
 from typing import Any
@@ -61,7 +62,19 @@ def measure(levels: list[tuple[int, int]], api_url: str | None = None) -> dict[s
                           aws_access_key_id="testing", aws_secret_access_key="testing",
                           config=Config(max_pool_connections=max(c for c, _ in levels)))
         s3.create_bucket(Bucket=bucket)
-        client = replicate_client(sb.base_url, sb.api_token)
+        # A `replicate.Client` for each of the script's threads, built before any timing: at
+        # 256 threads one shared client failed requests with `ReadError: [Errno 9] Bad file
+        # descriptor` (its httpx client's connections closed under other threads).
+        clients: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(max(c for c, _ in levels)):
+            clients.put(replicate_client(sb.base_url, sb.api_token))
+
+        def naive_one(prompt: str) -> None:
+            client = clients.get()  # never waits: as many clients as threads
+            try:
+                naive_generate(client, s3, bucket, f"naive/{uuid.uuid4().hex}", prompt)
+            finally:
+                clients.put(client)
         creds = credentials(sb.base_url, sb.api_token)
         dest = destination(moto.endpoint_url, bucket)
         if api_url:
@@ -84,9 +97,7 @@ def measure(levels: list[tuple[int, int]], api_url: str | None = None) -> dict[s
 
             def naive(c: int, n: int) -> None:
                 with ThreadPoolExecutor(max_workers=c) as pool:
-                    list(pool.map(lambda p: naive_generate(client, s3, bucket,
-                                                           f"naive/{uuid.uuid4().hex}", p),
-                                  prompts("naive", n)))
+                    list(pool.map(naive_one, prompts("naive", n)))
 
             def prefect(c: int, n: int) -> None:
                 if use_batch:

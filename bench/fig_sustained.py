@@ -264,8 +264,32 @@ def run() -> dict[str, Any]:
                           flush=True)
             if QUICK:
                 out["postgres"] = "one worker only under BENCH_QUICK"
+    for run_out in out["runs"].values():
+        run_out.setdefault("measured_at_commit", _commit())
+    if ONLY and os.environ.get("FIG6_KEEP"):
+        _keep_earlier_runs(out)
     out["analysis"] = _analysis(out["runs"])
     return out
+
+
+def _commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(ROOT),
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+
+
+def _keep_earlier_runs(out: dict[str, Any]) -> None:
+    """`FIG6_ONLY=... FIG6_KEEP=1`: re-run only those runs, keep the others from
+    bench/results.json (each run says the commit it was measured at)."""
+    earlier = json.loads((ROOT / "bench" / "results.json").read_text()).get(
+        "figures", {}).get("fig_sustained", {})
+    for name, run_out in earlier.get("runs", {}).items():
+        if name not in out["runs"]:
+            run_out.setdefault("measured_at_commit", earlier.get("measured_at_commit", "?"))
+            out["runs"][name] = run_out
+    if "postgres" in earlier and out.get("postgres") == "not run (FIG6_ONLY)":
+        out.pop("postgres")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -285,17 +285,24 @@ def _sustained_rows(f6: dict[str, Any], add: Any) -> None:
         cpu = r["cpu_ms_per_prediction"]
         if rest:  # the diagnosis run without the shared limit: context, not the target
             db += ", no shared limit (diagnosis)"
-        ok = (r["ratio"] >= 0.95 and (r["max_window_per_min"] or 0) <= 600 * 1.05
+        # The first window holds the limit's burst (10 s of creates, as Replicate's own bucket
+        # allows): the steady windows after it are what must stay at the limit.
+        steady = max(r["per_window_per_min"][1:] or [0])
+        items = r["workers"] * r["items_per_worker"]
+        ok = (r["ratio"] >= 0.95 and steady <= 600 * 1.05 and r["succeeded"] == items
               and (r["rate_limited_429"] or 0) <= 0.02 * max(1, r["creates"]))
+        commit = f", at {r['measured_at_commit']}" if r.get("measured_at_commit") else ""
         add(f"6. Sustained at the rate limit, {workers[:-1]} worker(s), {db}, "
             f"{f6['duration_s']} s, {f6['latency_s']:g} s latency, {r['max_in_flight']} in "
-            f"flight per worker",
+            f"flight per worker{commit}",
             f"{r['achieved_per_min']:g} creates/min (30 s windows {r['per_window_per_min']}), "
-            f"{r['rate_limited_429']} 429s, {r['succeeded']} succeeded; CPU/prediction: worker "
+            f"{r['rate_limited_429']} 429s, {r['succeeded']} of {items} items succeeded; "
+            "CPU/prediction: worker "
             f"{cpu['worker']:g} ms, Prefect server {cpu['prefect_server']:g} ms, sandbox "
             f"{cpu['sandbox']:g} ms, moto {cpu['moto']:g} ms",
             "600 creates/min (the limit)", f"{r['ratio']:.2f}x",
-            ">= 0.95x, no window > 600/min, 429s <= 2 %", ok, "fig6")
+            ">= 0.95x, no window after the first (the limit's burst) > 630/min, 429s <= 2 %, "
+            "every item stored", ok, "fig6")
     for note in f6.get("analysis", []):
         add("6. analysis", note, "-", "-", "-", None, "fig6")
     if "postgres" in f6:
