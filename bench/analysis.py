@@ -180,6 +180,7 @@ def _fig1d(f: dict[str, Any]) -> list[str]:
             p, n = level["prefect"], level["naive"]
             per = {side: {k: v * 1000 / level["n"] for k, v in d["cpu_s"].items()}
                    for side, d in (("prefect", p), ("naive", n))}
+            ours = per["prefect"].get("client", 0) + per["prefect"].get("prefect_server", 0)
             lines.append(
                 f"- {db}, {level['n']:,} at {c} in flight: {p['per_min']:g}/min vs the script's "
                 f"{n['per_min']:g}/min ({level['ratio']:.2f}x), the machine "
@@ -190,7 +191,11 @@ def _fig1d(f: dict[str, Any]) -> list[str]:
                 f"{per['naive'].get('prefect_server', 0):.0f} ms, sandbox "
                 f"{per['prefect'].get('sandbox', 0):.0f} / {per['naive'].get('sandbox', 0):.0f} "
                 f"ms, moto {per['prefect'].get('moto', 0):.0f} / "
-                f"{per['naive'].get('moto', 0):.0f} ms.")
+                f"{per['naive'].get('moto', 0):.0f} ms. Our client and Prefect server "
+                f"together: {ours:.0f} ms of CPU per prediction, so 2 cores cap this side near "
+                f"{120_000 / max(1.0, ours):.0f}/min, before the sandbox's and moto's share; "
+                "0.9x the script is "
+                f"{0.9 * n['per_min']:.0f}/min.")
     lines += [
         "",
         "The Prefect side is bound by CPU on these 2 cores, and nearly all of it is the price of "
@@ -232,6 +237,12 @@ def _figc(fc: dict[str, Any]) -> list[str]:
         "stored images' keys and SHA-256s; previews only for the gallery's items) for the "
         "`BatchResult` the flow returns.",
         "",
+        "Since the S3 client keeps up to 1,024 connections for reuse (it kept 32 and "
+        "reopened one for every request past them), each item thread's connection stays "
+        "open: the run before that change (2026-12-03, same figure) took 481 s and peaked at "
+        f"264.5 MB, this one took {raw['wall_seconds']:.0f} s and peaked at "
+        f"{raw['peak_rss_mb']} MB (two runs, not interleaved: context, not a ratio).",
+        "",
         "Measured levers: `MALLOC_ARENA_MAX=2` in the worker's environment (a 1,500-item run "
         "side by side: 195 vs 213 MB at the end, peak 223 vs 225 MB), a process-wide setting "
         "that is the deployment's to choose. What would meet the target: the `BatchResult` "
@@ -260,11 +271,12 @@ def _fig6(f6: dict[str, Any]) -> list[str]:
             f"{(cpu['sandbox'] + cpu['moto']) * rate / 1000:.2f}.")
     lines += [
         "",
-        "The shared limit holds: after the first window (the limit's burst of 10 s of creates, "
-        "which Replicate's own bucket allows too) no 30 s window passes 600/min, and no 429 "
-        "storm, with one worker or two: the create budget takes the limit's slots in one "
-        "request per process per second. Nothing here is short of CPU: the worker used about "
-        "half a core. On Postgres one worker holds the limit. On SQLite its windows dip "
+        "The shared limit holds: no 30 s window passes the token bucket's bound (its burst of "
+        "10 s of creates plus its decay, the shape of Replicate's own limit), no run passes "
+        "600/min overall, and no 429 storm, with one worker or two: the create budget takes "
+        "the limit's slots in one "
+        "request per process per second. Nothing here is short of CPU: a worker used under "
+        "0.4 of a core. On Postgres one worker holds the limit. On SQLite its windows dip "
         "(the lowest above): every slot request is a write to the same SQLite file that "
         "~200 items in flight write their task-run states to, and when those writes queue the "
         "server answers late or 503 (a 503 after the client's retries failed an item in an "
@@ -362,6 +374,12 @@ def _notes(figs: dict[str, Any], missed: list[str]) -> list[str]:
             f"{fb['busy_40_threads_seconds']} s against {fb['busy_seconds']} s: the work is bound "
             "by the 2 cores, so fewer threads at once cost no time and keep the loop's wait "
             f"short. Each loop now has {fb['threads']} (`SEEDREAM_ASYNC_WORKER_THREADS`); a claim "
-            "waiting on another run is kept out of them (tests/test_async_concurrency.py).")
+            "waiting on another run is kept out of them (tests/test_async_concurrency.py). "
+            "Per round: " + ", ".join(f"{r['max_ms']} ms" for r in fb["runs"]["busy"]) +
+            " max (4 threads). What is left above 100 ms is one stall in a run or two, with "
+            "the p99 near 20 ms; it is not attributed yet. Candidates to measure next: a full "
+            "garbage collection of the flow process (`gc.callbacks` timestamps beside the "
+            "heartbeat's), and Prefect's log and event workers serialising a batch on their "
+            "threads.")
     out.append("")
     return out

@@ -6,8 +6,9 @@ worker threads, never on the loop. Each of those threads holds the GIL while it 
 on one loop, anyio's default of 40 threads let so many run at once that the loop waited up to
 150-350 ms for the GIL between two steps (BENCHMARKS.md figure (b)). Every event loop gets its
 own `anyio.CapacityLimiter` of `SEEDREAM_ASYNC_WORKER_THREADS` (4) for this work; on the
-same machine that cut the loop's longest wait to about 30 ms and the generations took no
-longer, since the work is bound by the cores, not by the number of threads.
+same machine that cut the loop's p99 wait from ~100 ms to ~20 ms (its longest: 30-130 ms
+against 140-230 ms) and the generations took no longer, since the work is bound by the
+cores, not by the number of threads.
 
 A wait on another run (a ledger claim held elsewhere) is not put in these threads: it sleeps
 for seconds, and four of them would hold back the very work they wait for.
