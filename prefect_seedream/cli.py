@@ -306,7 +306,24 @@ def main(argv: list[str] | None = None) -> int:
         print("seedream: interrupted; a running prediction was cancelled.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        _drain_prefect()
         return report(exc, ctx, debug=args.debug)
+
+
+def _drain_prefect(timeout: float = 10.0) -> None:
+    """Send what Prefect's event and log workers still hold before the error is printed: they
+    drain at exit, and a slow server made their "Still processing items" warning the last line
+    of stderr, after the error and its hint (which must end the output)."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (EventsWorker, APILogWorker):
+            worker.drain_all(timeout=timeout)
+    except Exception:  # the error below matters more than Prefect's bookkeeping
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
