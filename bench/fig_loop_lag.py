@@ -110,6 +110,7 @@ def run() -> dict[str, Any]:
             out.update(_measure(creds, dest))
     return out
 
+
 if __name__ == "__main__":
     import json
 

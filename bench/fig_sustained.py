@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import QUICK, ROOT, bench_env, destination
+from bench.report import git_commit
 from bench.servers import (
     MotoProcess,
     PostgresProcess,
@@ -264,19 +265,13 @@ def run() -> dict[str, Any]:
                           flush=True)
             if QUICK:
                 out["postgres"] = "one worker only under BENCH_QUICK"
+    commit = git_commit()
     for run_out in out["runs"].values():
-        run_out.setdefault("measured_at_commit", _commit())
+        run_out.setdefault("measured_at_commit", commit)
     if ONLY and os.environ.get("FIG6_KEEP"):
         _keep_earlier_runs(out)
     out["analysis"] = _analysis(out["runs"])
     return out
-
-
-def _commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(ROOT),
-                          capture_output=True, text=True).stdout.strip() or "unknown"
 
 
 def _keep_earlier_runs(out: dict[str, Any]) -> None:

@@ -32,14 +32,18 @@ def machine_facts() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "-"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "-"
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gb": mem_gb,
             "python": platform.python_version(), "os": platform.platform(terse=True),
-            "packages": versions, "git_commit": commit}
+            "packages": versions, "git_commit": git_commit()}
+
+
+def git_commit() -> str:
+    """The checkout's short commit, or "-" without git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip() or "-"
+    except OSError:
+        return "-"
 
 
 def _yes(ok: bool | None) -> str:

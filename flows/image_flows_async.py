@@ -175,8 +175,7 @@ async def aedit_image(
         aspect_ratio=aspect_ratio, width=width, height=height, max_images=max_images,
         enhance_prompt=enhance_prompt,
     ))
-    await in_thread(checked_request, edit.request, model or get_settings().model,
-                             credentials)
+    await in_thread(checked_request, edit.request, model or get_settings().model, credentials)
     target = await _target(credentials, target)
     return await arun_prediction(
         edit.request, credentials=credentials, destination=target, key_prefix=prefix,

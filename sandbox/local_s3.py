@@ -69,8 +69,7 @@ class AtomicConditionalWrites:
             return [_BAD_DIGEST]
         if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and any(
                 environ.get(name) for name in _CONDITIONS):
-            target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"
-            with self.locks[hash(target) % _STRIPES]:
+            with self._lock_of(environ):
                 if (environ.get("HTTP_X_AMZ_COPY_SOURCE")
                         and environ.get("HTTP_IF_NONE_MATCH") == "*"
                         and self._exists(environ)):
@@ -84,10 +83,14 @@ class AtomicConditionalWrites:
             # moto's CopyObject makes the key visible before it sets the new metadata: a read
             # between them sees an object with none, which S3 never shows. A read of a key waits
             # out a conditional write of it in progress, and cannot land inside one.
-            target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"
-            with self.locks[hash(target) % _STRIPES]:
+            with self._lock_of(environ):
                 return list(self.app(environ, start_response))
         return self.app(environ, start_response)
+
+    def _lock_of(self, environ: dict[str, Any]) -> threading.Lock:
+        """The stripe lock of the request's key (host and path)."""
+        target = f"{environ.get('HTTP_HOST', '')}{environ.get('PATH_INFO', '')}"
+        return self.locks[hash(target) % _STRIPES]
 
     def _exists(self, environ: dict[str, Any]) -> bool:
         """Ask moto itself with a HEAD of the copy's destination (same host, path, auth)."""
